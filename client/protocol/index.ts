@@ -1,0 +1,10 @@
+export * from './abi.ts';
+export * from './dirent.ts';
+export * from './errors.ts';
+export * from './flags.ts';
+export * from './init.ts';
+export * from './messages.ts';
+export * from './opcodes.ts';
+export * from './reply.ts';
+export * from './request.ts';
+export { Struct, struct, array } from './struct.ts';

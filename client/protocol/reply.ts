@@ -1,0 +1,143 @@
+/**
+ * Reply validation and decoding. Every length comes from the device and is
+ * checked before it is used: the out header against the bytes that arrived,
+ * the body against the size its opcode declares, variable records against the
+ * end of the body. Nothing here reads past `available`.
+ */
+import * as abi from './abi.ts';
+import { parseDirents, parseDirentsPlus, type DirentPlus, type Dirent } from './dirent.ts';
+import { ProtocolError } from './errors.ts';
+import { messageShape } from './messages.ts';
+import type { Struct } from './struct.ts';
+
+/** Largest errno a reply may carry (the kernel's MAX_ERRNO). */
+const MAX_ERRNO = 4095;
+
+export interface ReplyHeader {
+  len: number;
+  /** Positive errno in the device's encoding, 0 for success. */
+  errno: number;
+  unique: bigint;
+}
+
+/**
+ * Reads and checks fuse_out_header. `available` is how many bytes the device
+ * says it wrote (the used ring's len), capped by the buffer we gave it.
+ */
+export function readReplyHeader(opcode: number, view: DataView, at: number, available: number): ReplyHeader {
+  if (available < abi.fuse_out_header.size) {
+    throw new ProtocolError(opcode, 'fuse_out_header', `reply is ${available} bytes, the header alone is 16`);
+  }
+  const { len, error, unique } = abi.fuse_out_header.decode(view, at);
+  if (len < abi.fuse_out_header.size || len > available) {
+    throw new ProtocolError(opcode, 'fuse_out_header.len', `len ${len} but ${available} bytes arrived`);
+  }
+  if (error > 0 || error < -MAX_ERRNO) {
+    throw new ProtocolError(opcode, 'fuse_out_header.error', `error ${error} is not a negative errno`);
+  }
+  if (error !== 0 && len !== abi.fuse_out_header.size) {
+    throw new ProtocolError(opcode, 'fuse_out_header.len', `error reply carries ${len - 16} body bytes`);
+  }
+  return { len, errno: -error, unique };
+}
+
+/** Decodes a fixed-size body; names the field where a short body ends. */
+export function decodeStruct<V>(opcode: number, s: Struct<V>, view: DataView, at: number, bodyLen: number): V {
+  if (bodyLen !== s.size) {
+    const cut = s.fields.find((f) => f.offset + f.size > bodyLen);
+    const field = bodyLen < s.size && cut ? `${s.name}.${cut.name}` : s.name;
+    throw new ProtocolError(opcode, field, `body is ${bodyLen} bytes, ${s.name} is ${s.size}`);
+  }
+  return s.decode(view, at);
+}
+
+export type ReplyBody =
+  | { kind: 'empty' }
+  | { kind: 'struct'; value: any }
+  | { kind: 'entry+open'; entry: typeof abi.fuse_entry_out extends Struct<infer E> ? E : never; open: typeof abi.fuse_open_out extends Struct<infer O> ? O : never }
+  /** A zero-copy range of the reply buffer. */
+  | { kind: 'bytes'; offset: number; length: number }
+  | { kind: 'dirents'; entries: Dirent[] }
+  | { kind: 'direntplus'; entries: DirentPlus[] }
+  | { kind: 'xattr-size'; size: number };
+
+export interface ReplyContext {
+  /** The size the request asked for: READ/READDIR/GETXATTR/LISTXATTR size, READLINK's page. */
+  requestedSize?: number;
+}
+
+/**
+ * Decodes the body of a successful reply to `opcode` (header already checked,
+ * body = view[at, at+bodyLen)). INIT has its own decoder in init.ts.
+ */
+export function decodeReplyBody(
+  opcode: number,
+  view: DataView,
+  at: number,
+  bodyLen: number,
+  context: ReplyContext = {},
+): ReplyBody {
+  const shape = messageShape(opcode);
+  if (!shape) throw new ProtocolError(opcode, 'opcode', 'not an opcode this client sends');
+  const reply = shape.reply;
+  const limit = context.requestedSize;
+  switch (reply.kind) {
+    case 'none':
+    case 'empty':
+      if (bodyLen !== 0) throw new ProtocolError(opcode, 'body', `expected no body, got ${bodyLen} bytes`);
+      return { kind: 'empty' };
+    case 'struct':
+      return { kind: 'struct', value: decodeStruct(opcode, reply.struct, view, at, bodyLen) };
+    case 'entry+open': {
+      const need = abi.fuse_entry_out.size + abi.fuse_open_out.size;
+      if (bodyLen !== need) throw new ProtocolError(opcode, 'fuse_entry_out+fuse_open_out', `body is ${bodyLen} bytes, expected ${need}`);
+      return {
+        kind: 'entry+open',
+        entry: abi.fuse_entry_out.decode(view, at),
+        open: abi.fuse_open_out.decode(view, at + abi.fuse_entry_out.size),
+      };
+    }
+    case 'bytes':
+      if (limit !== undefined && bodyLen > limit) {
+        throw new ProtocolError(opcode, 'body', `${bodyLen} bytes, more than the ${limit} requested`);
+      }
+      return { kind: 'bytes', offset: at, length: bodyLen };
+    case 'dirents':
+    case 'direntplus':
+      if (limit !== undefined && bodyLen > limit) {
+        throw new ProtocolError(opcode, 'body', `${bodyLen} bytes, more than the ${limit} requested`);
+      }
+      return reply.kind === 'dirents'
+        ? { kind: 'dirents', entries: parseDirents(opcode, view, at, bodyLen) }
+        : { kind: 'direntplus', entries: parseDirentsPlus(opcode, view, at, bodyLen) };
+    case 'xattr':
+      if (limit === 0) {
+        const { size } = decodeStruct(opcode, abi.fuse_getxattr_out, view, at, bodyLen);
+        return { kind: 'xattr-size', size };
+      }
+      if (limit !== undefined && bodyLen > limit) {
+        throw new ProtocolError(opcode, 'body', `${bodyLen} bytes, more than the ${limit} requested`);
+      }
+      return { kind: 'bytes', offset: at, length: bodyLen };
+    case 'init':
+      throw new ProtocolError(opcode, 'body', 'INIT replies are decoded by decodeInitReply');
+  }
+}
+
+/** Splits a LISTXATTR name list (each name NUL-terminated) with bounds checks. */
+export function parseXattrNames(opcode: number, bytes: Uint8Array): string[] {
+  if (bytes.length === 0) return [];
+  if (bytes[bytes.length - 1] !== 0) {
+    throw new ProtocolError(opcode, 'body', 'xattr name list does not end with NUL');
+  }
+  const names: string[] = [];
+  const text = new TextDecoder();
+  let start = 0;
+  for (let i = 0; i < bytes.length; i++) {
+    if (bytes[i] !== 0) continue;
+    if (i === start) throw new ProtocolError(opcode, 'body', `empty xattr name at byte ${i}`);
+    names.push(text.decode(bytes.subarray(start, i)));
+    start = i + 1;
+  }
+  return names;
+}
