@@ -1,0 +1,89 @@
+/**
+ * Rewrites the architecture-dependent fields of FUSE messages in place
+ * (docs/arch-negotiation.md section 5) between the client's encoding and the
+ * wire encoding. Both the API session and the /dev/fuse relay use it, so the
+ * list of translated fields exists once, here.
+ */
+import { translator, type Architecture, type Dropped, type Translator } from '../arch/index.ts';
+import * as abi from '../protocol/abi.ts';
+import { Opcode } from '../protocol/opcodes.ts';
+
+type Kind = 'open' | 'lock';
+
+/** A u32 field to translate, at a byte offset from the start of the opcode's argument struct. */
+const field = (kind: Kind, offset: number) => ({ kind, offset });
+const lockType = abi.fuse_lk_in.offsetOf('lk') + abi.fuse_file_lock.offsetOf('type');
+
+const requestFields: ReadonlyMap<number, readonly { kind: Kind; offset: number }[]> = new Map([
+  [Opcode.OPEN, [field('open', abi.fuse_open_in.offsetOf('flags'))]],
+  [Opcode.OPENDIR, [field('open', abi.fuse_open_in.offsetOf('flags'))]],
+  [Opcode.CREATE, [field('open', abi.fuse_create_in.offsetOf('flags'))]],
+  [Opcode.TMPFILE, [field('open', abi.fuse_create_in.offsetOf('flags'))]],
+  [Opcode.READ, [field('open', abi.fuse_read_in.offsetOf('flags'))]],
+  [Opcode.READDIR, [field('open', abi.fuse_read_in.offsetOf('flags'))]],
+  [Opcode.READDIRPLUS, [field('open', abi.fuse_read_in.offsetOf('flags'))]],
+  [Opcode.WRITE, [field('open', abi.fuse_write_in.offsetOf('flags'))]],
+  [Opcode.RELEASE, [field('open', abi.fuse_release_in.offsetOf('flags'))]],
+  [Opcode.RELEASEDIR, [field('open', abi.fuse_release_in.offsetOf('flags'))]],
+  [Opcode.GETLK, [field('lock', lockType)]],
+  [Opcode.SETLK, [field('lock', lockType)]],
+  [Opcode.SETLKW, [field('lock', lockType)]],
+]);
+
+const replyLockType = abi.fuse_lk_out.offsetOf('lk') + abi.fuse_file_lock.offsetOf('type');
+
+export class WireTranslation {
+  /** Nothing to do: client and wire share every encoding. */
+  readonly identity: boolean;
+  private readonly openOut: Translator;
+  private readonly lockOut: Translator;
+  private readonly lockIn: Translator;
+  private readonly errnoIn: Translator;
+  private readonly onDrop: (d: Dropped) => void;
+
+  constructor(
+    readonly client: Architecture,
+    readonly wire: Architecture,
+    log: (line: string) => void,
+  ) {
+    this.openOut = translator('open', client, wire);
+    this.lockOut = translator('lock', client, wire);
+    this.lockIn = translator('lock', wire, client);
+    this.errnoIn = translator('errno', wire, client);
+    this.identity = this.openOut.identity && this.lockOut.identity && this.errnoIn.identity;
+    this.onDrop = (d) => log(`arch ${client.name}->${wire.name}: ${d.kind} ${d.name} (${d.value}) not carried: ${d.reason}`);
+  }
+
+  /** Whether `opcode` has request fields to translate. */
+  static translatesRequest(opcode: number): boolean {
+    return requestFields.has(opcode);
+  }
+
+  /**
+   * Translates the request fields of `opcode` whose argument struct starts at
+   * `argAt`. Throws ArchTranslationError for a value that cannot be carried
+   * (the request must then fail with EINVAL and not be sent).
+   */
+  request(opcode: number, view: DataView, argAt: number): void {
+    if (this.identity) return;
+    const list = requestFields.get(opcode);
+    if (!list) return;
+    for (const f of list) {
+      const at = argAt + f.offset;
+      const t = f.kind === 'open' ? this.openOut : this.lockOut;
+      view.setUint32(at, t.translate(view.getUint32(at, true), this.onDrop), true);
+    }
+  }
+
+  /** A device errno (positive) in the client's encoding; one without counterpart becomes EIO. */
+  errno(deviceErrno: number): number {
+    return this.errnoIn.translate(deviceErrno, this.onDrop);
+  }
+
+  /** Translates reply body fields (GETLK's lock type) of a successful reply in place. */
+  reply(opcode: number, view: DataView, bodyAt: number): void {
+    if (this.identity || opcode !== Opcode.GETLK) return;
+    const at = bodyAt + replyLockType;
+    view.setUint32(at, this.lockIn.translate(view.getUint32(at, true)), true);
+  }
+}

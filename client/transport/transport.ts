@@ -1,0 +1,63 @@
+/**
+ * What the virtio-fs driver needs from a way of reaching a device: feature
+ * negotiation, memory the device can see, queue set-up, doorbells and
+ * completion notifications. vhost-user, VFIO and UIO each implement it; the
+ * driver above never knows which one it talks to.
+ */
+import type { DmaRegion } from '../../ffi/dma.ts';
+
+/** Where a queue's three parts are, as device addresses. */
+export interface QueueAddresses {
+  size: number;
+  desc: bigint;
+  avail: bigint;
+  used: bigint;
+}
+
+/** The virtio-fs device configuration (virtio spec 5.11.4), when the transport can read it. */
+export interface VirtioFsConfig {
+  tag: string;
+  numRequestQueues: number;
+}
+
+export interface VirtioTransport {
+  /** For logs and status: 'vhost-user:/run/vfs.sock'. */
+  readonly description: string;
+  /** Feature bits the device offers. */
+  readonly deviceFeatures: bigint;
+  /** Accepts `features` (a subset of deviceFeatures); throws if the device refuses. */
+  setFeatures(features: bigint): void;
+  /** Device config, or undefined when this transport cannot read it. */
+  readConfig(): VirtioFsConfig | undefined;
+  /** Most queues (hiprio + request queues) the device can run, when it says. */
+  readonly maxQueues: number | undefined;
+  /** Largest queue size the device accepts for queue `index`. */
+  maxQueueSize(index: number): number;
+  /** Memory for rings and buffers; call once, before setting up queues. */
+  allocateMemory(bytes: number): DmaRegion;
+  /**
+   * Programs queue `index` and enables it. `onUsed` runs (on the event loop)
+   * whenever the device signals that it used buffers of this queue.
+   */
+  setupQueue(index: number, addresses: QueueAddresses, onUsed: () => void): void;
+  /** Rings the doorbell of queue `index`. */
+  notify(index: number): void;
+  /** After every queue is set up: the device may now process them. */
+  start(): void;
+  /** Called once if the device goes away or reports an error; the transport is dead after it. */
+  onFailure(callback: (error: Error) => void): void;
+  /** Releases the connection, the memory and every fd. Idempotent. */
+  close(): void;
+}
+
+/** Failures of the transport itself (the device hung up, refused a setting). */
+export class TransportError extends Error {
+  override name = 'TransportError';
+  /** Node-style code: ENOTCONN when the device is gone, EPROTO for a bad reply, ... */
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message);
+  }
+}

@@ -1,0 +1,265 @@
+/**
+ * vhost-user frontend: we play the part QEMU plays for a vhost-user-fs
+ * backend (virtiofsd). The handshake is synchronous (short, at start-up);
+ * afterwards the socket is only watched for the backend hanging up, and the
+ * queues run on memory and eventfds alone.
+ */
+import type { DmaRegion } from '../../../ffi/dma.ts';
+import { ErrnoError } from '../../../ffi/errno.ts';
+import { EventFd } from '../../../ffi/event-fd.ts';
+import { sharedPoller } from '../../../ffi/poller.ts';
+import { SharedMemory } from '../../../ffi/shared-memory.ts';
+import { UnixSocket } from '../../../ffi/unix-socket.ts';
+import type { Struct } from '../../protocol/struct.ts';
+import { TransportError, type QueueAddresses, type VirtioFsConfig, type VirtioTransport } from '../transport.ts';
+import {
+  HeaderFlag,
+  MAX_PAYLOAD,
+  ProtocolFeature,
+  Request,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VRING_NOFD_MASK,
+  header,
+  memoryRegion,
+  memoryTableHeader,
+  requestName,
+  u64Payload,
+  vringAddr,
+  vringState,
+  type RequestName,
+} from './messages.ts';
+
+/** Protocol features we use when the backend offers them. */
+const WANTED_PROTOCOL_FEATURES = ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK;
+/** Backends (libvhost-user) accept up to this queue size. */
+const MAX_QUEUE_SIZE = 1024;
+
+interface QueueFds {
+  kick: EventFd;
+  call: EventFd;
+  err: EventFd;
+}
+
+export interface VhostUserOptions {
+  /** How long to wait for each handshake reply. */
+  timeoutMs?: number;
+}
+
+export class VhostUserTransport implements VirtioTransport {
+  readonly description: string;
+  readonly deviceFeatures: bigint;
+  readonly maxQueues: number | undefined;
+  /** Negotiated protocol features; none until SET_PROTOCOL_FEATURES (so the first messages go un-acked). */
+  private protocolFeatures = 0n;
+  private memory: SharedMemory | undefined;
+  private readonly queues = new Map<number, QueueFds>();
+  private readonly failureCallbacks: ((e: Error) => void)[] = [];
+  private failure: Error | undefined;
+  private closed = false;
+
+  private constructor(
+    private readonly socket: UnixSocket,
+    readonly socketPath: string,
+    private readonly timeoutMs: number,
+  ) {
+    this.description = `vhost-user:${socketPath}`;
+    this.deviceFeatures = this.getU64('GET_FEATURES');
+    this.send('SET_OWNER');
+    if (this.deviceFeatures & VHOST_USER_F_PROTOCOL_FEATURES) {
+      const protocol = this.getU64('GET_PROTOCOL_FEATURES') & WANTED_PROTOCOL_FEATURES;
+      this.sendU64('SET_PROTOCOL_FEATURES', protocol);
+      this.protocolFeatures = protocol;
+    }
+    this.maxQueues = this.protocolFeatures & ProtocolFeature.MQ ? Number(this.getU64('GET_QUEUE_NUM')) : undefined;
+  }
+
+  /** Connects to a backend's socket and does the feature handshake. */
+  static connect(socketPath: string, options: VhostUserOptions = {}): VhostUserTransport {
+    const socket = UnixSocket.connect(socketPath);
+    try {
+      return new VhostUserTransport(socket, socketPath, options.timeoutMs ?? 5000);
+    } catch (e) {
+      socket.close();
+      throw e;
+    }
+  }
+
+  setFeatures(features: bigint): void {
+    // The protocol-features bit stays acked: without it the backend would drop them again.
+    this.sendU64('SET_FEATURES', features | (this.deviceFeatures & VHOST_USER_F_PROTOCOL_FEATURES));
+  }
+
+  /** vhost-user-fs keeps tag and queue count in the frontend (QEMU's -device options): nothing to read. */
+  readConfig(): VirtioFsConfig | undefined {
+    return undefined;
+  }
+
+  maxQueueSize(): number {
+    return MAX_QUEUE_SIZE;
+  }
+
+  allocateMemory(bytes: number): DmaRegion {
+    if (this.memory) throw new Error('vhost-user: memory already allocated');
+    const size = Math.ceil(bytes / (2 << 20)) * (2 << 20);
+    const memory = new SharedMemory(size, 'virtiofs-client-vhost-user');
+    const payload = new Uint8Array(memoryTableHeader.size + memoryRegion.size);
+    const view = new DataView(payload.buffer);
+    memoryTableHeader.encode(view, 0, { nregions: 1 });
+    // guest-physical = our own virtual address: descriptors then carry addresses we can compute directly.
+    memoryRegion.encode(view, memoryTableHeader.size, {
+      guest_phys_addr: memory.userAddress,
+      memory_size: BigInt(size),
+      userspace_addr: memory.userAddress,
+      mmap_offset: 0n,
+    });
+    try {
+      this.send('SET_MEM_TABLE', payload, [memory.fd]);
+    } catch (e) {
+      memory.close();
+      throw e;
+    }
+    this.memory = memory;
+    return memory;
+  }
+
+  setupQueue(index: number, addresses: QueueAddresses, onUsed: () => void): void {
+    const fds: QueueFds = { kick: new EventFd(), call: new EventFd(), err: new EventFd() };
+    this.queues.set(index, fds);
+    this.sendStruct('SET_VRING_NUM', vringState, { index, num: addresses.size });
+    this.sendStruct('SET_VRING_BASE', vringState, { index, num: 0 });
+    this.sendStruct('SET_VRING_ADDR', vringAddr, {
+      index,
+      flags: 0,
+      descriptor: addresses.desc,
+      used: addresses.used,
+      available: addresses.avail,
+      log: 0n,
+    });
+    this.sendU64('SET_VRING_CALL', BigInt(index), [fds.call.fd]);
+    this.sendU64('SET_VRING_ERR', BigInt(index), [fds.err.fd]);
+    const poller = sharedPoller();
+    poller.watch(fds.call.fd, 'readable', () => {
+      fds.call.drain();
+      if (!this.failure) onUsed();
+    });
+    poller.watch(fds.err.fd, 'readable', () => {
+      fds.err.drain();
+      this.fail(new TransportError(`${this.description}: backend signalled an error on queue ${index}`, 'EIO'));
+    });
+    // The kick fd goes last: libvhost-user starts a queue when it receives it.
+    this.sendU64('SET_VRING_KICK', BigInt(index), [fds.kick.fd]);
+  }
+
+  start(): void {
+    if (this.deviceFeatures & VHOST_USER_F_PROTOCOL_FEATURES) {
+      // With protocol features, rings start disabled until enabled explicitly.
+      for (const index of this.queues.keys()) this.sendStruct('SET_VRING_ENABLE', vringState, { index, num: 1 });
+    }
+    sharedPoller().watch(this.socket.fd, 'readable', (r) => {
+      // Nothing is expected on this socket after the handshake: readable means EOF or junk.
+      this.fail(
+        new TransportError(
+          `${this.description}: backend ${r.hangup ? 'hung up' : 'sent an unexpected message'}`,
+          'ENOTCONN',
+        ),
+      );
+    });
+  }
+
+  notify(index: number): void {
+    this.queues.get(index)?.kick.signal(1);
+  }
+
+  onFailure(callback: (error: Error) => void): void {
+    if (this.failure) queueMicrotask(() => callback(this.failure!));
+    else this.failureCallbacks.push(callback);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const poller = sharedPoller();
+    poller.unwatch(this.socket.fd);
+    for (const fds of this.queues.values()) {
+      for (const fd of [fds.call, fds.err, fds.kick]) {
+        poller.unwatch(fd.fd);
+        fd.close();
+      }
+    }
+    this.queues.clear();
+    // Closing the connection tells the backend we are gone (virtiofsd exits).
+    this.socket.close();
+    this.memory?.close();
+    this.memory = undefined;
+  }
+
+  private fail(error: Error): void {
+    if (this.failure || this.closed) return;
+    this.failure = error;
+    sharedPoller().unwatch(this.socket.fd);
+    for (const cb of this.failureCallbacks.splice(0)) cb(error);
+  }
+
+  // --- messages ---------------------------------------------------------------
+
+  private sendU64(name: RequestName, value: bigint, fds: number[] = []): void {
+    if (fds.length === 0 && (name === 'SET_VRING_CALL' || name === 'SET_VRING_KICK' || name === 'SET_VRING_ERR')) {
+      value |= VRING_NOFD_MASK;
+    }
+    this.send(name, u64Payload.toBytes({ value }), fds);
+  }
+
+  private sendStruct<V>(name: RequestName, s: Struct<V>, value: Partial<V>): void {
+    this.send(name, s.toBytes(value as never));
+  }
+
+  private getU64(name: RequestName): bigint {
+    const reply = this.exchange(name, new Uint8Array(0), [], true);
+    if (reply.length !== u64Payload.size) throw this.badReply(name, `payload of ${reply.length} bytes, expected 8`);
+    return u64Payload.decode(new DataView(reply.buffer, reply.byteOffset)).value;
+  }
+
+  /** A message without a natural reply; with REPLY_ACK the backend confirms it. */
+  private send(name: RequestName, payload: Uint8Array = new Uint8Array(0), fds: number[] = []): void {
+    const ack = (this.protocolFeatures & ProtocolFeature.REPLY_ACK) !== 0n;
+    const reply = this.exchange(name, payload, fds, ack);
+    if (!ack) return;
+    if (reply.length !== 8) throw this.badReply(name, `ack of ${reply.length} bytes`);
+    const status = new DataView(reply.buffer, reply.byteOffset).getBigUint64(0, true);
+    if (status !== 0n) {
+      throw new TransportError(`${this.description}: backend refused ${name} (status ${status})`, 'EPROTO');
+    }
+  }
+
+  private exchange(name: RequestName, payload: Uint8Array, fds: number[], wantReply: boolean): Uint8Array {
+    const request = Request[name];
+    const isGet = name.startsWith('GET_');
+    const message = new Uint8Array(header.size + payload.length);
+    header.encode(new DataView(message.buffer), 0, {
+      request,
+      flags: HeaderFlag.VERSION | (wantReply && !isGet ? HeaderFlag.NEED_REPLY : 0),
+      size: payload.length,
+    });
+    message.set(payload, header.size);
+    try {
+      this.socket.send(message, fds, { timeoutMs: this.timeoutMs });
+      if (!wantReply) return new Uint8Array(0);
+      const head = header.decode(new DataView(this.socket.receive(header.size, { timeoutMs: this.timeoutMs }).buffer));
+      if (head.request !== request) throw this.badReply(name, `reply is for ${requestName(head.request)}`);
+      if ((head.flags & 0x3) !== HeaderFlag.VERSION || !(head.flags & HeaderFlag.REPLY)) {
+        throw this.badReply(name, `reply flags 0x${head.flags.toString(16)}`);
+      }
+      if (head.size > MAX_PAYLOAD) throw this.badReply(name, `reply payload of ${head.size} bytes`);
+      return this.socket.receive(head.size, { timeoutMs: this.timeoutMs });
+    } catch (e) {
+      if (e instanceof ErrnoError) {
+        throw new TransportError(`${this.description}: ${name}: ${e.message}`, e.code === 'ETIMEDOUT' ? 'ETIMEDOUT' : 'ENOTCONN');
+      }
+      throw e;
+    }
+  }
+
+  private badReply(name: RequestName, what: string): TransportError {
+    return new TransportError(`${this.description}: ${name}: bad reply: ${what}`, 'EPROTO');
+  }
+}

@@ -1,0 +1,262 @@
+/**
+ * The virtio-fs device as the driver sees it (virtio spec 5.11): queue 0 is
+ * hiprio (FORGET, BATCH_FORGET, INTERRUPT), queues 1..N carry every other
+ * request. Each request lives in one slot of a buffer pool inside the memory
+ * the device can see: device-readable bytes first (in header, args, names,
+ * write data), device-writable bytes after them (out header, reply body).
+ * This layer moves slots through queues; it knows nothing of FUSE semantics.
+ */
+import type { DmaRegion } from '../../ffi/dma.ts';
+import type { VirtioTransport } from '../transport/transport.ts';
+import { TransportError } from '../transport/transport.ts';
+import { BufferPool } from './buffer-pool.ts';
+import {
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+} from './features.ts';
+import { Virtqueue, type UsedRingProblem } from './virtqueue.ts';
+
+export const HIPRIO_QUEUE = 0;
+
+/** Room for a request's header, argument struct and two names (PATH_MAX each). */
+export const SLOT_HEADROOM = 12 * 1024;
+/** The most data one request moves: FUSE's 256 pages. */
+export const MAX_DATA_BYTES = 256 * 4096;
+
+export interface DeviceOptions {
+  /** Request queues to use (the device may offer more); default 1. */
+  requestQueues?: number;
+  /** Descriptors per queue; default 128 (what QEMU allows for virtio-fs), capped by the device. */
+  queueSize?: number;
+  /** Requests in flight at once over all queues: the slot count; default 64. */
+  maxInFlight?: number;
+  /** Poll used rings on the event loop instead of waiting for notifications (lower latency, one core busy). */
+  busyPoll?: boolean;
+  /** Where problems with the device's replies are reported. */
+  log?: (line: string) => void;
+}
+
+/** One request's buffer: a pool slot. */
+export interface Slot {
+  readonly index: number;
+  /** The slot's bytes (view over device-visible memory). */
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+}
+
+interface Pending {
+  resolve: (usedLen: number) => void;
+  reject: (error: Error) => void;
+  /** The caller gave up (timeout); the slot returns to the pool once the device hands it back. */
+  abandoned: boolean;
+}
+
+export class VirtioFsDevice {
+  readonly requestQueueCount: number;
+  readonly slotSize = SLOT_HEADROOM + MAX_DATA_BYTES;
+  private readonly queues: Virtqueue<number>[] = [];
+  private readonly pool: BufferPool;
+  private readonly slots: Slot[] = [];
+  private readonly pending: (Pending | undefined)[];
+  private readonly slotWaiters: ((slot: Slot | Error) => void)[] = [];
+  private nextQueue = 0;
+  private failure: Error | undefined;
+  private polling = false;
+  private readonly readable = [0, 0];
+  private readonly writable = [0, 0];
+  private readonly log: (line: string) => void;
+
+  private constructor(
+    readonly transport: VirtioTransport,
+    readonly memory: DmaRegion,
+    readonly features: bigint,
+    queueSize: number,
+    requestQueues: number,
+    maxInFlight: number,
+    private readonly busyPoll: boolean,
+    log: ((line: string) => void) | undefined,
+  ) {
+    this.log = log ?? ((line) => console.error(`virtiofs-client: ${line}`));
+    this.requestQueueCount = requestQueues;
+    let offset = 0;
+    const queueOptions = { features, maxIndirectSegments: 4 };
+    const queueBytes = Virtqueue.bytesNeeded(queueSize, queueOptions);
+    for (let i = 0; i <= requestQueues; i++) {
+      const name = i === HIPRIO_QUEUE ? 'hiprio' : `request${i - 1}`;
+      this.queues.push(new Virtqueue<number>({ name, region: memory, offset, size: queueSize, ...queueOptions }));
+      offset += align(queueBytes, 4096);
+    }
+    this.pool = new BufferPool({ region: memory, offset, slotSize: this.slotSize, slotCount: maxInFlight });
+    for (let i = 0; i < maxInFlight; i++) {
+      const bytes = this.pool.slotBytes(i);
+      this.slots.push({ index: i, bytes, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength) });
+    }
+    this.pending = new Array(maxInFlight).fill(undefined);
+  }
+
+  /** Negotiates features, allocates device memory, sets up hiprio + request queues and starts the device. */
+  static open(transport: VirtioTransport, options: DeviceOptions = {}): VirtioFsDevice {
+    const wanted = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC;
+    if ((transport.deviceFeatures & VIRTIO_F_VERSION_1) === 0n) {
+      throw new TransportError(`${transport.description}: device does not offer VIRTIO_F_VERSION_1 (legacy devices are not supported)`, 'EPROTO');
+    }
+    const features = transport.deviceFeatures & wanted;
+    transport.setFeatures(features);
+
+    const config = transport.readConfig();
+    const offered = config?.numRequestQueues ?? (transport.maxQueues !== undefined ? transport.maxQueues - 1 : 1);
+    const requestQueues = Math.max(1, Math.min(options.requestQueues ?? 1, offered));
+    if (options.requestQueues !== undefined && options.requestQueues > offered) {
+      (options.log ?? console.error)(`virtiofs-client: device offers ${offered} request queue(s); using ${requestQueues}`);
+    }
+    const queueSize = Math.min(options.queueSize ?? 128, ...range(requestQueues + 1).map((i) => transport.maxQueueSize(i)));
+    // A request takes at most two descriptors: the pool never outgrows one queue.
+    const maxInFlight = Math.min(options.maxInFlight ?? 64, Math.floor(queueSize / 2));
+
+    const queueBytes = align(Virtqueue.bytesNeeded(queueSize, { features, maxIndirectSegments: 4 }), 4096);
+    const slotSize = SLOT_HEADROOM + MAX_DATA_BYTES;
+    const memory = transport.allocateMemory((requestQueues + 1) * queueBytes + maxInFlight * slotSize);
+    const device = new VirtioFsDevice(transport, memory, features, queueSize, requestQueues, maxInFlight, options.busyPoll ?? false, options.log);
+    transport.onFailure((error) => device.fail(error));
+    for (const [i, q] of device.queues.entries()) {
+      transport.setupQueue(i, { size: q.size, desc: q.descTableAddress, avail: q.availRingAddress, used: q.usedRingAddress }, () =>
+        device.drain(i),
+      );
+    }
+    transport.start();
+    return device;
+  }
+
+  /** The reason the device is unusable, if it is. */
+  get failed(): Error | undefined {
+    return this.failure;
+  }
+
+  get inFlight(): number {
+    return this.pending.reduce((n, p) => n + (p ? 1 : 0), 0);
+  }
+
+  /** A free slot; waits while all are in flight. */
+  acquireSlot(): Promise<Slot> {
+    if (this.failure) return Promise.reject(this.failure);
+    const index = this.pool.acquire();
+    if (index >= 0) return Promise.resolve(this.slots[index]!);
+    return new Promise((resolve, reject) =>
+      this.slotWaiters.push((s) => (s instanceof Error ? reject(s) : resolve(s))),
+    );
+  }
+
+  /** Returns a slot that was acquired but not submitted (or whose request completed). */
+  releaseSlot(slot: Slot): void {
+    const waiter = this.slotWaiters.shift();
+    if (waiter && !this.failure) waiter(slot);
+    else this.pool.release(slot.index);
+  }
+
+  /**
+   * Hands slot bytes [0, readableLen) to the device to read and
+   * [writableAt, writableAt + writableLen) to write, on hiprio or the next
+   * request queue. Resolves with the number of bytes the device wrote.
+   * The slot stays owned by the request until it resolves or rejects.
+   */
+  submit(slot: Slot, hiprio: boolean, readableLen: number, writableAt: number, writableLen: number): Promise<number> {
+    if (this.failure) return Promise.reject(this.failure);
+    const qi = hiprio ? HIPRIO_QUEUE : 1 + (this.nextQueue++ % this.requestQueueCount);
+    const queue = this.queues[qi]!;
+    const base = this.pool.slotOffset(slot.index);
+    this.readable[0] = base;
+    this.readable[1] = readableLen;
+    this.writable[0] = base + writableAt;
+    this.writable[1] = writableLen;
+    const writable = writableLen > 0 ? this.writable : NO_SEGMENTS;
+    const promise = new Promise<number>((resolve, reject) => {
+      this.pending[slot.index] = { resolve, reject, abandoned: false };
+    });
+    // Each slot needs at most 2 descriptors (or 1 indirect); the pool is never larger than the queue.
+    if (!queue.add(this.readable, writable, slot.index)) {
+      const p = this.pending[slot.index]!;
+      this.pending[slot.index] = undefined;
+      p.reject(new TransportError(`${queue.name} is full`, 'EAGAIN'));
+      return promise;
+    }
+    if (queue.kickNeeded()) this.transport.notify(qi);
+    if (this.busyPoll) this.startPolling();
+    return promise;
+  }
+
+  /**
+   * The caller stops waiting for `slot` (its request timed out): the promise
+   * rejects now and the slot goes back to the pool when the device returns it.
+   */
+  abandon(slot: Slot, error: Error): void {
+    const p = this.pending[slot.index];
+    if (!p || p.abandoned) return;
+    p.abandoned = true;
+    p.reject(error);
+  }
+
+  /** Fails everything pending and every later call: the device is gone. */
+  fail(error: Error): void {
+    if (this.failure) return;
+    this.failure = error;
+    if (this.inFlight > 0 || this.slotWaiters.length > 0) this.log(`device failed: ${error.message}`);
+    for (const q of this.queues) q.failAll(error.message, (index) => this.settle(index, error));
+    for (const w of this.slotWaiters.splice(0)) w(error);
+  }
+
+  close(): void {
+    this.fail(new TransportError('device closed', 'ENOTCONN'));
+    this.transport.close();
+  }
+
+  private drain(qi: number): void {
+    const q = this.queues[qi]!;
+    do {
+      q.drainUsed(this.onUsed, this.onProblem);
+      if (q.brokenReason) {
+        this.fail(new TransportError(`${q.name}: ${q.brokenReason}`, 'EPROTO'));
+        return;
+      }
+    } while (!q.enableCallbacks());
+  }
+
+  private readonly onUsed = (index: number, usedLen: number): void => this.settle(index, usedLen);
+
+  private readonly onProblem = (problem: UsedRingProblem<number>): void => {
+    this.log(`${problem.queue}: used ring entry ${problem.usedIndex}: ${problem.field}=${problem.value}: ${problem.reason}`);
+    if (problem.token !== undefined) {
+      this.settle(problem.token, new TransportError(`${problem.queue}: ${problem.reason}`, 'EIO'));
+    }
+  };
+
+  private settle(index: number, result: number | Error): void {
+    const p = this.pending[index];
+    this.pending[index] = undefined;
+    if (!p) return;
+    if (p.abandoned) this.releaseSlot(this.slots[index]!);
+    else if (typeof result === 'number') p.resolve(result);
+    else p.reject(result);
+  }
+
+  private startPolling(): void {
+    if (this.polling) return;
+    this.polling = true;
+    const poll = () => {
+      for (let i = 0; i < this.queues.length; i++) if (this.queues[i]!.hasUsed()) this.drain(i);
+      if (!this.failure && this.inFlight > 0) setImmediate(poll);
+      else this.polling = false;
+    };
+    setImmediate(poll);
+  }
+}
+
+const NO_SEGMENTS: number[] = [];
+
+function align(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}

@@ -1,0 +1,602 @@
+/**
+ * Driver side of a split virtqueue (VIRTIO 1.2 section 2.7).
+ *
+ * Memory ordering. The rings live in memory another process (the device)
+ * reads and writes concurrently. Every index the two sides hand over (avail
+ * idx, used idx, used_event, avail_event) and every flags word goes through
+ * `Atomics` on a typed array over the region. ECMAScript Atomics are
+ * sequentially consistent and also work on non-shared ArrayBuffers (checked
+ * on Node 20; only Atomics.wait needs a SharedArrayBuffer, and memfd-backed
+ * regions usually arrive as plain external ArrayBuffers). The JIT treats them
+ * as ordered memory operations: never cached in registers, never moved
+ * across other loads and stores. That gives the barriers the spec asks for:
+ *   - descriptor/avail-entry writes happen before the Atomics.store of avail
+ *     idx (release), so the device never sees an index ahead of its entry;
+ *   - the Atomics.load of used idx (acquire) happens before reading the used
+ *     elements it covers;
+ *   - store(avail idx) then load(avail_event / used flags) and store(used_event
+ *     / avail flags) then load(used idx) are a seq-cst store followed by a
+ *     seq-cst load: the full barrier that avoids missed notifications.
+ * Descriptor and ring-entry contents are plain DataView / typed-array accesses.
+ *
+ * Endianness. Virtio 1.x rings are little-endian. Descriptors are written
+ * with explicit little-endian DataView calls, but the Atomics views use host
+ * byte order, so a big-endian host would need byte swaps on every index and
+ * flags access; the constructor refuses to run there rather than corrupt
+ * rings.
+ *
+ * Hot path. add() and drainUsed() allocate nothing (except BigInts when the
+ * region is not device-contiguous and error/problem objects on failures):
+ * request tokens live in a preallocated array indexed by chain head and the
+ * free list is a preallocated Uint16Array.
+ */
+import type { DmaRegion } from '../../ffi/dma.ts';
+import { needsEvent } from './event-idx.ts';
+import {
+  VIRTIO_F_IN_ORDER,
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  hasFeature,
+} from './features.ts';
+import {
+  AVAIL_RING_ALIGN,
+  AVAIL_RING_WORD,
+  DESC_ADDR,
+  DESC_FLAGS,
+  DESC_LEN,
+  DESC_NEXT,
+  DESC_TABLE_ALIGN,
+  DESCRIPTOR_BYTES,
+  FLAGS_WORD,
+  IDX_WORD,
+  USED_RING_ALIGN,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  VIRTQ_USED_F_NO_NOTIFY,
+  availEventWord,
+  availRingBytes,
+  descTableBytes,
+  splitRingLayout,
+  usedElemIdWord,
+  usedEventWord,
+  usedRingBytes,
+  type SplitRingLayout,
+} from './ring-layout.ts';
+
+const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** Descriptors per indirect table when the caller does not say. */
+export const DEFAULT_MAX_INDIRECT_SEGMENTS = 16;
+
+/**
+ * Flat (regionOffset, length) pairs: [offset0, length0, offset1, length1, ...].
+ * A reusable number[] or Float64Array lets callers build requests without
+ * allocating.
+ */
+export type Segments = ArrayLike<number>;
+
+export interface VirtqueueOptions {
+  /**
+   * Negotiated feature bits. VIRTIO_F_VERSION_1 is required (the legacy
+   * layout and byte order are not implemented); INDIRECT_DESC and EVENT_IDX
+   * are used when present; RING_PACKED and IN_ORDER are refused.
+   */
+  readonly features: bigint;
+  /**
+   * Descriptors per indirect table: the most segments a request can carry in
+   * one ring slot (longer requests fall back to a direct chain). At most the
+   * queue size; default min(16, size); 0 or 1 reserves no tables. Ignored
+   * without VIRTIO_RING_F_INDIRECT_DESC.
+   */
+  readonly maxIndirectSegments?: number;
+}
+
+export interface VirtqueueParams extends VirtqueueOptions {
+  /** For error reports, e.g. "hiprio" or "request0". */
+  readonly name: string;
+  readonly region: DmaRegion;
+  /** Where the queue's block starts in the region; must be 16-byte aligned. */
+  readonly offset: number;
+  /** Queue size the transport negotiated: a power of two <= 32768. */
+  readonly size: number;
+}
+
+export type VirtqueueErrorCode =
+  | 'BAD_CONFIG'
+  | 'BAD_SEGMENTS'
+  | 'SEGMENT_OUT_OF_REGION'
+  | 'SEGMENT_NOT_CONTIGUOUS'
+  | 'CHAIN_TOO_LONG'
+  | 'QUEUE_BROKEN'
+  | 'REQUESTS_IN_FLIGHT';
+
+/** A caller mistake or an unusable queue; a full queue is not an error (add returns false). */
+export class VirtqueueError extends Error {
+  override readonly name = 'VirtqueueError';
+  constructor(
+    readonly code: VirtqueueErrorCode,
+    readonly queue: string,
+    message: string,
+  ) {
+    super(`virtqueue ${queue}: ${message}`);
+  }
+}
+
+/** Which used-ring field the device got wrong. */
+export type UsedRingField = 'idx' | 'id' | 'len';
+
+/** A used-ring entry (or used idx) the device wrote that the driver refused. */
+export interface UsedRingProblem<T> {
+  readonly queue: string;
+  /** Free-running index of the bad entry; for field 'idx', the driver's last seen used idx. */
+  readonly usedIndex: number;
+  readonly field: UsedRingField;
+  /** The offending value of that field. */
+  readonly value: number;
+  readonly reason: string;
+  /**
+   * The request the entry named, when it could be identified (field 'len'):
+   * its descriptors are reclaimed, its reply is untrustworthy, fail it.
+   */
+  readonly token: T | undefined;
+}
+
+/** Chain-head bookkeeping per descriptor index. */
+const NOT_A_HEAD = 0;
+const HEAD_IN_FLIGHT = 1;
+/** Returned by the device and not reused since: lets a duplicate completion be named as such. */
+const HEAD_COMPLETED = 2;
+
+const U16_MASK = 0xffff;
+const MAX_CHAIN_BYTES = 2 ** 32;
+
+export class Virtqueue<T> {
+  /** Bytes of DmaRegion a queue of `size` entries needs (rings plus indirect tables). */
+  static bytesNeeded(size: number, options: VirtqueueOptions): number {
+    return splitRingLayout(size, indirectSegmentsFor(size, options)).totalBytes;
+  }
+
+  readonly name: string;
+  readonly size: number;
+  readonly region: DmaRegion;
+  /** Where the queue's block starts in the region. */
+  readonly offset: number;
+  /** Offsets of the rings and indirect tables within the block. */
+  readonly layout: SplitRingLayout;
+  /** Device addresses the transport programs (vhost-user SET_VRING_ADDR, PCI common cfg). */
+  readonly descTableAddress: bigint;
+  readonly availRingAddress: bigint;
+  readonly usedRingAddress: bigint;
+  readonly usesIndirectDescriptors: boolean;
+  readonly usesEventIdx: boolean;
+
+  private readonly view: DataView;
+  private readonly avail: Uint16Array;
+  private readonly used16: Uint16Array;
+  private readonly used32: Uint32Array;
+  private readonly mask: number;
+  private readonly descTableOffset: number;
+  private readonly indirectTablesOffset: number;
+  private readonly maxIndirectSegments: number;
+  private readonly usedEventIndex: number;
+  private readonly availEventIndex: number;
+  /** Region is one device-contiguous run: addresses are base + offset, no BigInt per segment. */
+  private readonly deviceContiguous: boolean;
+  private readonly deviceBaseLow: number;
+  private readonly deviceBaseHigh: number;
+
+  /** Driver-private links: the free list, and the chain order inside in-flight chains. */
+  private readonly nextDescriptor: Uint16Array;
+  private readonly chainTail: Uint16Array;
+  private readonly chainDescriptors: Uint16Array;
+  private readonly chainWritableBytes: Float64Array;
+  private readonly headState: Uint8Array;
+  private readonly tokens: (T | undefined)[];
+
+  private freeHead = 0;
+  private freeCount = 0;
+  private inFlight = 0;
+  private availIdx = 0;
+  private availIdxAtLastKickCheck = 0;
+  private lastUsedIdx = 0;
+  private callbacksEnabled = true;
+  private broken: string | undefined;
+
+  constructor(params: VirtqueueParams) {
+    const { name, region, offset, size, features } = params;
+    this.name = name;
+    this.size = size;
+    this.region = region;
+    this.offset = offset;
+    const fail = (message: string): VirtqueueError => new VirtqueueError('BAD_CONFIG', name, message);
+
+    if (!HOST_IS_LITTLE_ENDIAN) throw fail('big-endian hosts need byte-swapped ring accesses (not implemented)');
+    if (!hasFeature(features, VIRTIO_F_VERSION_1)) throw fail('VIRTIO_F_VERSION_1 not negotiated (legacy rings unsupported)');
+    if (hasFeature(features, VIRTIO_F_RING_PACKED)) throw fail('VIRTIO_F_RING_PACKED negotiated: this is a split virtqueue');
+    if (hasFeature(features, VIRTIO_F_IN_ORDER)) throw fail('VIRTIO_F_IN_ORDER negotiated: descriptors are not used in order');
+
+    let layout: SplitRingLayout;
+    try {
+      layout = splitRingLayout(size, indirectSegmentsFor(size, params));
+    } catch (error) {
+      throw fail((error as Error).message);
+    }
+    this.layout = layout;
+    if (!Number.isInteger(offset) || offset < 0 || offset + layout.totalBytes > region.size) {
+      throw fail(`block [${offset}, +${layout.totalBytes}) does not fit the ${region.size}-byte region`);
+    }
+    // Typed-array views need element alignment in the underlying buffer too.
+    if (offset % DESC_TABLE_ALIGN !== 0 || (region.bytes.byteOffset + offset) % USED_RING_ALIGN !== 0) {
+      throw fail(`offset ${offset} is not 16-byte aligned in the region's buffer`);
+    }
+
+    this.usesIndirectDescriptors = layout.indirectTableBytes > 0;
+    this.usesEventIdx = hasFeature(features, VIRTIO_RING_F_EVENT_IDX);
+    this.maxIndirectSegments = layout.indirectTableBytes / DESCRIPTOR_BYTES;
+    this.descTableOffset = offset + layout.descTable;
+    this.indirectTablesOffset = offset + layout.indirectTables;
+    this.mask = size - 1;
+    this.usedEventIndex = usedEventWord(size);
+    this.availEventIndex = availEventWord(size);
+
+    this.deviceContiguous = region.contiguousFrom(0) >= region.size;
+    const base = region.deviceAddress(0);
+    this.deviceBaseLow = Number(base & 0xffff_ffffn);
+    this.deviceBaseHigh = Number(base >> 32n);
+
+    const part = (partName: string, at: number, bytes: number, align: number): bigint => {
+      const address = region.deviceAddress(at);
+      if (address % BigInt(align) !== 0n) throw fail(`${partName} device address 0x${address.toString(16)} is not ${align}-aligned`);
+      if (region.contiguousFrom(at) < bytes) throw fail(`${partName} is not device-contiguous`);
+      return address;
+    };
+    this.descTableAddress = part('descriptor table', offset + layout.descTable, descTableBytes(size), DESC_TABLE_ALIGN);
+    this.availRingAddress = part('available ring', offset + layout.availRing, availRingBytes(size), AVAIL_RING_ALIGN);
+    this.usedRingAddress = part('used ring', offset + layout.usedRing, usedRingBytes(size), USED_RING_ALIGN);
+    if (this.usesIndirectDescriptors && !this.deviceContiguous) {
+      for (let slot = 0; slot < size; slot++) {
+        part(`indirect table ${slot}`, this.indirectTableOffset(slot), layout.indirectTableBytes, DESC_TABLE_ALIGN);
+      }
+    }
+
+    const buffer = region.bytes.buffer;
+    const blockStart = region.bytes.byteOffset + offset;
+    this.view = region.view;
+    this.avail = new Uint16Array(buffer, blockStart + layout.availRing, availRingBytes(size) / 2);
+    this.used16 = new Uint16Array(buffer, blockStart + layout.usedRing, usedRingBytes(size) / 2);
+    // flags+idx word, then the (id, len) elements; avail_event is reached through used16.
+    this.used32 = new Uint32Array(buffer, blockStart + layout.usedRing, 1 + 2 * size);
+
+    this.nextDescriptor = new Uint16Array(size);
+    this.chainTail = new Uint16Array(size);
+    this.chainDescriptors = new Uint16Array(size);
+    this.chainWritableBytes = new Float64Array(size);
+    this.headState = new Uint8Array(size);
+    this.tokens = new Array<T | undefined>(size).fill(undefined);
+    this.initialize();
+  }
+
+  /** Descriptors not currently part of an in-flight chain. */
+  get freeDescriptors(): number {
+    return this.freeCount;
+  }
+
+  /** Requests made available and not yet returned (or failed). */
+  get inFlightCount(): number {
+    return this.inFlight;
+  }
+
+  /** Why the queue stopped working, or undefined while it works. */
+  get brokenReason(): string | undefined {
+    return this.broken;
+  }
+
+  /**
+   * Makes a request available to the device: device-readable segments first,
+   * then device-writable ones, each inside the region and device-contiguous.
+   * Returns false, changing nothing, when there are not enough free
+   * descriptors (queue the request and retry after drainUsed). Throws
+   * VirtqueueError for malformed segment lists and on a broken queue.
+   *
+   * The request is published at once (avail idx moves); call kickNeeded()
+   * after a batch of adds to learn whether to notify the device.
+   */
+  add(readable: Segments, writable: Segments, token: T): boolean {
+    if (this.broken !== undefined) throw new VirtqueueError('QUEUE_BROKEN', this.name, this.broken);
+    const readableCount = this.checkSegments(readable, 'readable');
+    const writableCount = this.checkSegments(writable, 'writable');
+    const count = readableCount + writableCount;
+    if (count === 0) throw new VirtqueueError('BAD_SEGMENTS', this.name, 'a request needs at least one segment');
+    if (count > this.size) {
+      throw new VirtqueueError('CHAIN_TOO_LONG', this.name, `${count} segments exceed the queue size ${this.size}`);
+    }
+    const writableBytes = totalLength(writable);
+    if (totalLength(readable) + writableBytes > MAX_CHAIN_BYTES) {
+      throw new VirtqueueError('CHAIN_TOO_LONG', this.name, 'a chain may not exceed 2^32 bytes');
+    }
+
+    const useIndirectTable = count > 1 && count <= this.maxIndirectSegments;
+    const descriptorsNeeded = useIndirectTable ? 1 : count;
+    if (descriptorsNeeded > this.freeCount) return false;
+
+    const head = this.freeHead;
+    let tail = head;
+    if (useIndirectTable) {
+      const table = this.indirectTableOffset(head);
+      for (let i = 0; i < count; i++) {
+        const next = i + 1 < count ? i + 1 : -1;
+        this.writeSegmentDescriptor(table + i * DESCRIPTOR_BYTES, readable, writable, readableCount, i, next);
+      }
+      this.writeDescriptor(this.descAt(head), table, count * DESCRIPTOR_BYTES, VIRTQ_DESC_F_INDIRECT, 0);
+    } else {
+      // The free list is already linked in nextDescriptor: the chain is its first `count` entries.
+      for (let i = 0; i < count; i++) {
+        const next = i + 1 < count ? this.nextDescriptor[tail]! : -1;
+        this.writeSegmentDescriptor(this.descAt(tail), readable, writable, readableCount, i, next);
+        if (next >= 0) {
+          tail = next;
+          this.headState[tail] = NOT_A_HEAD;
+        }
+      }
+    }
+    this.freeHead = this.nextDescriptor[tail]!;
+    this.freeCount -= descriptorsNeeded;
+
+    this.chainTail[head] = tail;
+    this.chainDescriptors[head] = descriptorsNeeded;
+    this.chainWritableBytes[head] = writableBytes;
+    this.headState[head] = HEAD_IN_FLIGHT;
+    this.tokens[head] = token;
+    this.inFlight++;
+
+    this.avail[AVAIL_RING_WORD + (this.availIdx & this.mask)] = head;
+    this.availIdx = (this.availIdx + 1) & U16_MASK;
+    Atomics.store(this.avail, IDX_WORD, this.availIdx); // release: publishes the entry and its descriptors
+    return true;
+  }
+
+  /**
+   * Whether the device wants an available-buffer notification for the
+   * requests added since the previous call (which this call consumes).
+   * Call it once after each batch of adds, before 65536 adds accumulate.
+   */
+  kickNeeded(): boolean {
+    const oldIdx = this.availIdxAtLastKickCheck;
+    const newIdx = this.availIdx;
+    if (oldIdx === newIdx || this.broken !== undefined) return false;
+    this.availIdxAtLastKickCheck = newIdx;
+    // The seq-cst Atomics.store of avail idx in add() precedes these loads.
+    if (this.usesEventIdx) return needsEvent(Atomics.load(this.used16, this.availEventIndex), newIdx, oldIdx);
+    return (Atomics.load(this.used16, FLAGS_WORD) & VIRTQ_USED_F_NO_NOTIFY) === 0;
+  }
+
+  /** Whether the device has returned entries drainUsed would process (for busy polling). */
+  hasUsed(): boolean {
+    return this.broken === undefined && Atomics.load(this.used16, IDX_WORD) !== this.lastUsedIdx;
+  }
+
+  /**
+   * Processes every used entry the device has published: onComplete(token,
+   * writtenLen) for good ones, onProblem for entries that name no in-flight
+   * chain or claim more bytes than the chain could hold; those never touch
+   * the free list except to reclaim a chain that was really in flight. A used
+   * idx further ahead than the queue size marks the queue broken (see
+   * failAll). Callbacks may add() new requests. Returns the number of
+   * onComplete calls.
+   */
+  drainUsed(
+    onComplete: (token: T, writtenLen: number) => void,
+    onProblem: (problem: UsedRingProblem<T>) => void,
+  ): number {
+    if (this.broken !== undefined) return 0;
+    const usedIdx = Atomics.load(this.used16, IDX_WORD); // acquire: entries below it are complete
+    const published = (usedIdx - this.lastUsedIdx) & U16_MASK;
+    if (published > this.size) {
+      const reason = `used idx ${usedIdx} is ${published} entries ahead of ${this.lastUsedIdx}, more than the queue size ${this.size}`;
+      this.broken = `device wrote a corrupt used ring: ${reason}`;
+      onProblem(this.problem(this.lastUsedIdx, 'idx', usedIdx, reason, undefined));
+      return 0;
+    }
+
+    let completed = 0;
+    for (let n = 0; n < published && this.broken === undefined; n++) {
+      const position = this.lastUsedIdx;
+      const element = usedElemIdWord(position & this.mask);
+      const id = this.used32[element]!;
+      const len = this.used32[element + 1]!;
+      this.lastUsedIdx = (position + 1) & U16_MASK;
+
+      if (id >= this.size) {
+        onProblem(this.problem(position, 'id', id, `id ${id} is out of range for queue size ${this.size}`, undefined));
+      } else if (this.headState[id] !== HEAD_IN_FLIGHT) {
+        const reason =
+          this.headState[id] === HEAD_COMPLETED
+            ? `id ${id} was already completed (duplicate used entry)`
+            : `id ${id} is not the head of an in-flight chain`;
+        onProblem(this.problem(position, 'id', id, reason, undefined));
+      } else if (len > this.chainWritableBytes[id]!) {
+        const reason = `len ${len} exceeds the ${this.chainWritableBytes[id]} device-writable bytes of chain ${id}`;
+        onProblem(this.problem(position, 'len', len, reason, this.reclaim(id)));
+      } else {
+        onComplete(this.reclaim(id), len);
+        completed++;
+      }
+    }
+    this.publishUsedEvent();
+    return completed;
+  }
+
+  /**
+   * Suppresses used-buffer notifications (best effort: the spec makes them
+   * advisory). With EVENT_IDX, used_event is parked one entry behind the last
+   * seen used idx, the furthest point the device can reach.
+   */
+  disableCallbacks(): void {
+    this.callbacksEnabled = false;
+    if (this.usesEventIdx) this.publishUsedEvent();
+    else Atomics.store(this.avail, FLAGS_WORD, VIRTQ_AVAIL_F_NO_INTERRUPT);
+  }
+
+  /**
+   * Asks for a used-buffer notification on the next used entry. Returns true
+   * when the used ring is empty, so the caller may wait for that
+   * notification; false when entries arrived meanwhile (drain them, they may
+   * not be notified).
+   */
+  enableCallbacks(): boolean {
+    this.callbacksEnabled = true;
+    if (this.usesEventIdx) this.publishUsedEvent();
+    else Atomics.store(this.avail, FLAGS_WORD, 0);
+    // seq-cst store then load: either the device sees the request or we see its entries.
+    return !this.hasUsed();
+  }
+
+  /**
+   * Marks the queue broken (the transport or device died) and hands every
+   * in-flight token to onFailed so its request can be failed. The queue
+   * refuses add() until reset(). Returns the number of tokens handed back.
+   */
+  failAll(reason: string, onFailed: (token: T) => void): number {
+    this.broken ??= reason;
+    let failed = 0;
+    for (let head = 0; head < this.size; head++) {
+      if (this.headState[head] !== HEAD_IN_FLIGHT) continue;
+      failed++;
+      onFailed(this.reclaim(head));
+    }
+    return failed;
+  }
+
+  /**
+   * Returns the queue to its initial state (zeroed rings, indexes 0, all
+   * descriptors free, not broken), as after a device or queue reset; the
+   * transport then programs it again. Requires no request in flight.
+   */
+  reset(): void {
+    if (this.inFlight > 0) {
+      throw new VirtqueueError('REQUESTS_IN_FLIGHT', this.name, `${this.inFlight} requests in flight; failAll() first`);
+    }
+    this.initialize();
+  }
+
+  private initialize(): void {
+    this.region.bytes.fill(0, this.offset, this.offset + this.layout.totalBytes);
+    for (let i = 0; i < this.size; i++) this.nextDescriptor[i] = i + 1;
+    this.headState.fill(NOT_A_HEAD);
+    this.tokens.fill(undefined);
+    this.freeHead = 0;
+    this.freeCount = this.size;
+    this.inFlight = 0;
+    this.availIdx = 0;
+    this.availIdxAtLastKickCheck = 0;
+    this.lastUsedIdx = 0;
+    this.callbacksEnabled = true;
+    this.broken = undefined;
+  }
+
+  /** Validates one segment list; returns its segment count. */
+  private checkSegments(segments: Segments, kind: 'readable' | 'writable'): number {
+    if (segments.length % 2 !== 0) {
+      throw new VirtqueueError('BAD_SEGMENTS', this.name, `${kind} segments are not (offset, length) pairs`);
+    }
+    for (let k = 0; k < segments.length; k += 2) {
+      const offset = segments[k];
+      const length = segments[k + 1];
+      if (!Number.isInteger(offset) || !Number.isInteger(length) || length! <= 0 || length! > 0xffff_ffff) {
+        throw new VirtqueueError('BAD_SEGMENTS', this.name, `${kind} segment ${k / 2} (${offset}, ${length}) is not a non-empty u32-length range`);
+      }
+      if (offset! < 0 || offset! + length! > this.region.size) {
+        throw new VirtqueueError('SEGMENT_OUT_OF_REGION', this.name, `${kind} segment ${k / 2} [${offset}, +${length}) is outside the ${this.region.size}-byte region`);
+      }
+      if (!this.deviceContiguous && this.region.contiguousFrom(offset!) < length!) {
+        throw new VirtqueueError('SEGMENT_NOT_CONTIGUOUS', this.name, `${kind} segment ${k / 2} [${offset}, +${length}) is not device-contiguous`);
+      }
+    }
+    return segments.length / 2;
+  }
+
+  /** Writes segment i of (readable ++ writable) as a descriptor at region offset `at`; next < 0 ends the chain. */
+  private writeSegmentDescriptor(
+    at: number,
+    readable: Segments,
+    writable: Segments,
+    readableCount: number,
+    i: number,
+    next: number,
+  ): void {
+    const isWritable = i >= readableCount;
+    const list = isWritable ? writable : readable;
+    const k = 2 * (isWritable ? i - readableCount : i);
+    const flags = (isWritable ? VIRTQ_DESC_F_WRITE : 0) | (next >= 0 ? VIRTQ_DESC_F_NEXT : 0);
+    this.writeDescriptor(at, list[k]!, list[k + 1]!, flags, next >= 0 ? next : 0);
+  }
+
+  private writeDescriptor(at: number, regionOffset: number, length: number, flags: number, next: number): void {
+    const view = this.view;
+    if (this.deviceContiguous) {
+      const low = this.deviceBaseLow + regionOffset; // < 2^53: exact
+      view.setUint32(at + DESC_ADDR, low >>> 0, true);
+      view.setUint32(at + DESC_ADDR + 4, (this.deviceBaseHigh + Math.floor(low / 2 ** 32)) >>> 0, true);
+    } else {
+      view.setBigUint64(at + DESC_ADDR, this.region.deviceAddress(regionOffset), true);
+    }
+    view.setUint32(at + DESC_LEN, length, true);
+    view.setUint16(at + DESC_FLAGS, flags, true);
+    view.setUint16(at + DESC_NEXT, next, true);
+  }
+
+  private descAt(index: number): number {
+    return this.descTableOffset + index * DESCRIPTOR_BYTES;
+  }
+
+  /** Region offset of the indirect table owned by descriptor `head`. */
+  private indirectTableOffset(head: number): number {
+    return this.indirectTablesOffset + head * this.maxIndirectSegments * DESCRIPTOR_BYTES;
+  }
+
+  /** Returns a completed chain's descriptors to the free list; yields its token. */
+  private reclaim(head: number): T {
+    const token = this.tokens[head] as T;
+    this.tokens[head] = undefined;
+    this.headState[head] = HEAD_COMPLETED;
+    this.nextDescriptor[this.chainTail[head]!] = this.freeHead;
+    this.freeHead = head;
+    this.freeCount += this.chainDescriptors[head]!;
+    this.inFlight--;
+    return token;
+  }
+
+  /** EVENT_IDX: notify on the next entry while callbacks are on, otherwise as late as possible. */
+  private publishUsedEvent(): void {
+    if (!this.usesEventIdx) return;
+    const event = this.callbacksEnabled ? this.lastUsedIdx : (this.lastUsedIdx - 1) & U16_MASK;
+    Atomics.store(this.avail, this.usedEventIndex, event);
+  }
+
+  private problem(
+    usedIndex: number,
+    field: UsedRingField,
+    value: number,
+    reason: string,
+    token: T | undefined,
+  ): UsedRingProblem<T> {
+    return { queue: this.name, usedIndex, field, value, reason, token };
+  }
+}
+
+/** Indirect table length for these options: 0 when INDIRECT_DESC is not negotiated. */
+function indirectSegmentsFor(size: number, options: VirtqueueOptions): number {
+  if (!hasFeature(options.features, VIRTIO_RING_F_INDIRECT_DESC)) return 0;
+  const segments = options.maxIndirectSegments ?? Math.min(DEFAULT_MAX_INDIRECT_SEGMENTS, size);
+  return segments === 1 ? 0 : segments; // a one-entry table never beats a direct descriptor
+}
+
+function totalLength(segments: Segments): number {
+  let total = 0;
+  for (let k = 1; k < segments.length; k += 2) total += segments[k]!;
+  return total;
+}
