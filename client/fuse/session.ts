@@ -21,6 +21,7 @@ import {
   initRequest,
   opcodeName,
   readReplyHeader,
+  replyCapacity,
   type InitRequestOptions,
   type InitResult,
   type ReplyBody,
@@ -184,7 +185,7 @@ export class FuseSession {
         return undefined as T;
       }
       const replyAt = (written + 63) & ~63;
-      const replyRoom = slot.bytes.length - replyAt;
+      const replyRoom = Math.min(slot.bytes.length - replyAt, replyCapacity(Opcode[opcode], options.requestedSize));
       const usedLen = await this.submitWithTimeout(slot, opcode, unique, written, replyAt, replyRoom, () => (owned = false));
       return this.finish(opcode, unique, slot, replyAt, Math.min(usedLen, replyRoom), options, decode);
     } finally {

@@ -101,3 +101,33 @@ const byNumber = new Map<number, MessageShape>(
 export function messageShape(opcode: number): MessageShape | undefined {
   return byNumber.get(opcode);
 }
+
+/**
+ * The most reply bytes (out header included) a well-behaved device writes for
+ * `opcode`, given the size the request asked for. The driver offers exactly
+ * this much writable buffer, as the kernel does: QEMU 7.2's virtiofsd, for one,
+ * fills a READ's whole writable buffer from the file, past the size asked for.
+ */
+export function replyCapacity(opcode: number, requestedSize = 0): number {
+  const shape = messageShape(opcode);
+  if (!shape) throw new RangeError(`opcode ${opcode} is not one this client sends`);
+  const header = abi.fuse_out_header.size;
+  const reply = shape.reply;
+  switch (reply.kind) {
+    case 'none':
+    case 'empty':
+      return header;
+    case 'struct':
+      return header + reply.struct.size;
+    case 'entry+open':
+      return header + abi.fuse_entry_out.size + abi.fuse_open_out.size;
+    case 'init':
+      return header + abi.fuse_init_out.size;
+    case 'xattr':
+      return header + Math.max(requestedSize, 8);
+    case 'bytes':
+    case 'dirents':
+    case 'direntplus':
+      return header + requestedSize;
+  }
+}
