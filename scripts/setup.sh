@@ -21,6 +21,9 @@ declare -A why=(
 needed=(libfuse2 fuse3 qemu-system-common)
 
 if (( for_tests )); then
+  why[gcc]="cc and cpp: tests compile <linux/fuse.h> and preprocess each architecture's headers"
+  why[python3]="the tests read xattrs of the shared directory with os.getxattr"
+  needed+=(gcc python3)
   # Every Linux architecture's uapi headers: the ground truth the arch tables are tested against.
   for a in amd64 i386 arm64 armhf alpha hppa m68k mips64el mipsel powerpc ppc64el riscv64 s390x sparc64; do
     why[linux-libc-dev-$a-cross]="$a's real fcntl.h/errno.h, compared with client/arch tables by the tests"

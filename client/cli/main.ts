@@ -1,8 +1,9 @@
 import type { Command } from './command.ts';
 import { UsageError } from './command.ts';
 import { archCommand } from './arch.ts';
+import { demoCommand } from './demo.ts';
 
-const commands: readonly Command[] = [archCommand];
+const commands: readonly Command[] = [demoCommand, archCommand];
 
 function overview(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -21,14 +21,16 @@ import {
   initRequest,
   opcodeName,
   readReplyHeader,
-  replyCapacity,
+  replyRoom,
+  type ReplyRoom,
   type InitRequestOptions,
   type InitResult,
   type ReplyBody,
   type RequestBody,
   type SupportedOpcode,
 } from '../protocol/index.ts';
-import { MAX_DATA_BYTES, type Slot, type VirtioFsDevice } from '../virtio/virtio-fs-device.ts';
+import type { Slot, VirtioFsDevice } from '../virtio/virtio-fs-device.ts';
+import { DATA_AT, DATA_ROOM, REPLY_AT, REQUEST_AT, REQUEST_ROOM } from './slot-layout.ts';
 import { archOffer, describeArchMode, wireEncoding, type ArchMode } from './arch-mode.ts';
 import { WireTranslation } from './wire-translation.ts';
 
@@ -86,6 +88,7 @@ export interface Reply {
 
 const EINVAL = errnoNumber('EINVAL');
 const EIO = errnoNumber('EIO');
+const NOTHING: number[] = [];
 
 export class FuseSession {
   /** Most data bytes per READ/WRITE request. */
@@ -105,8 +108,8 @@ export class FuseSession {
     private readonly log: (line: string) => void,
   ) {
     const pageBytes = init.maxPages * 4096;
-    this.maxWrite = Math.min(init.maxWrite, pageBytes, MAX_DATA_BYTES);
-    this.maxRead = Math.min(pageBytes, MAX_DATA_BYTES);
+    this.maxWrite = Math.min(init.maxWrite, pageBytes, DATA_ROOM);
+    this.maxRead = Math.min(pageBytes, DATA_ROOM);
   }
 
   /** Sends FUSE_INIT and settles the architecture encoding. */
@@ -172,22 +175,29 @@ export class FuseSession {
     let owned = true;
     try {
       const unique = this.nextUnique();
-      const { written } = encodeRequest(slot.view, 0, opcode, this.header(unique, nodeid), body);
+      // Data (WRITE, SETXATTR, BATCH_FORGET payloads) goes to the slot's page-aligned data area.
+      const data = body.data;
+      if (data && data.length > DATA_ROOM) throw new RangeError(`${opcode}: ${data.length} data bytes, more than ${DATA_ROOM}`);
+      const head = new DataView(slot.bytes.buffer, slot.bytes.byteOffset + REQUEST_AT, REQUEST_ROOM);
+      const { written } = encodeRequest(head, 0, opcode, this.header(unique, nodeid), { ...body, data: undefined, dataLength: data?.length });
+      if (data) slot.bytes.set(data, DATA_AT);
       try {
-        this.translation.request(Opcode[opcode], slot.view, fuse_in_header.size);
+        this.translation.request(Opcode[opcode], slot.view, REQUEST_AT + fuse_in_header.size);
       } catch (e) {
         if (!(e instanceof ArchTranslationError)) throw e;
         this.log(`${opcode}: not sent: ${e.message}`);
         throw new ErrnoError(opcode.toLowerCase(), EINVAL, e.message);
       }
+      const readable = [REQUEST_AT, written, DATA_AT, data?.length ?? 0];
       if (options.hiprio) {
-        await this.device.submit(slot, true, written, 0, 0);
+        await this.device.submit(slot, true, readable, NOTHING);
         return undefined as T;
       }
-      const replyAt = (written + 63) & ~63;
-      const replyRoom = Math.min(slot.bytes.length - replyAt, replyCapacity(Opcode[opcode], options.requestedSize));
-      const usedLen = await this.submitWithTimeout(slot, opcode, unique, written, replyAt, replyRoom, () => (owned = false));
-      return this.finish(opcode, unique, slot, replyAt, Math.min(usedLen, replyRoom), options, decode);
+      const room = replyRoom(Opcode[opcode], options.requestedSize);
+      if (room.data > DATA_ROOM) throw new RangeError(`${opcode}: asks for ${room.data} bytes, more than ${DATA_ROOM}`);
+      const writable = [REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data];
+      const usedLen = await this.submitWithTimeout(slot, opcode, unique, readable, writable, () => (owned = false));
+      return this.finish(opcode, unique, slot, room, usedLen, options, decode);
     } finally {
       if (owned) this.device.releaseSlot(slot);
     }
@@ -225,12 +235,11 @@ export class FuseSession {
     slot: Slot,
     opcode: SupportedOpcode,
     unique: bigint,
-    written: number,
-    replyAt: number,
-    replyRoom: number,
+    readable: number[],
+    writable: number[],
     onAbandon: () => void,
   ): Promise<number> {
-    const result = this.device.submit(slot, false, written, replyAt, replyRoom);
+    const result = this.device.submit(slot, false, readable, writable);
     const timeout = this.options.timeoutMs;
     let interrupted = false;
     const timer = setInterval(() => {
@@ -257,21 +266,23 @@ export class FuseSession {
     opcode: SupportedOpcode,
     unique: bigint,
     slot: Slot,
-    replyAt: number,
-    available: number,
+    room: ReplyRoom,
+    usedLen: number,
     options: CallOptions,
     decode: (reply: Reply) => T,
   ): T {
     const op = Opcode[opcode];
     const syscall = opcode.toLowerCase();
     try {
-      const header = readReplyHeader(op, slot.view, replyAt, available);
+      // The header and fixed part sit in one buffer, variable data in the other.
+      const available = Math.min(usedLen, fuse_out_header.size + room.fixed + room.data);
+      const header = readReplyHeader(op, slot.view, REPLY_AT, available);
       if (header.unique !== unique) {
         throw new ProtocolError(op, 'fuse_out_header.unique', `reply for unique ${header.unique}, request was ${unique}`);
       }
       if (header.errno !== 0) throw new ErrnoError(syscall, this.translation.errno(header.errno), options.detail);
-      const bodyAt = replyAt + fuse_out_header.size;
       const bodyLen = header.len - fuse_out_header.size;
+      const bodyAt = room.data > 0 ? DATA_AT : REPLY_AT + fuse_out_header.size;
       this.translation.reply(op, slot.view, bodyAt);
       const body: ReplyBody =
         opcode === 'INIT' ? { kind: 'empty' } : decodeReplyBody(op, slot.view, bodyAt, bodyLen, { requestedSize: options.requestedSize });

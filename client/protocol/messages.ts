@@ -102,32 +102,39 @@ export function messageShape(opcode: number): MessageShape | undefined {
   return byNumber.get(opcode);
 }
 
+/** Where a reply's bytes go: the fixed part after the out header, and variable data. */
+export interface ReplyRoom {
+  /** Bytes of fixed struct(s) following fuse_out_header. */
+  fixed: number;
+  /** Bytes of variable data (READ data, dirents, xattr values), placed in their own buffer. */
+  data: number;
+}
+
 /**
- * The most reply bytes (out header included) a well-behaved device writes for
- * `opcode`, given the size the request asked for. The driver offers exactly
- * this much writable buffer, as the kernel does: QEMU 7.2's virtiofsd, for one,
- * fills a READ's whole writable buffer from the file, past the size asked for.
+ * How much writable buffer a well-behaved device needs for `opcode`'s reply,
+ * given the size the request asked for. The driver offers exactly this, as
+ * the kernel does: QEMU 7.2's virtiofsd, for one, fills a READ's whole
+ * writable buffer from the file, past the size asked for.
  */
-export function replyCapacity(opcode: number, requestedSize = 0): number {
+export function replyRoom(opcode: number, requestedSize = 0): ReplyRoom {
   const shape = messageShape(opcode);
   if (!shape) throw new RangeError(`opcode ${opcode} is not one this client sends`);
-  const header = abi.fuse_out_header.size;
   const reply = shape.reply;
   switch (reply.kind) {
     case 'none':
     case 'empty':
-      return header;
+      return { fixed: 0, data: 0 };
     case 'struct':
-      return header + reply.struct.size;
+      return { fixed: reply.struct.size, data: 0 };
     case 'entry+open':
-      return header + abi.fuse_entry_out.size + abi.fuse_open_out.size;
+      return { fixed: abi.fuse_entry_out.size + abi.fuse_open_out.size, data: 0 };
     case 'init':
-      return header + abi.fuse_init_out.size;
+      return { fixed: abi.fuse_init_out.size, data: 0 };
     case 'xattr':
-      return header + Math.max(requestedSize, 8);
+      return requestedSize === 0 ? { fixed: abi.fuse_getxattr_out.size, data: 0 } : { fixed: 0, data: requestedSize };
     case 'bytes':
     case 'dirents':
     case 'direntplus':
-      return header + requestedSize;
+      return { fixed: 0, data: requestedSize };
   }
 }

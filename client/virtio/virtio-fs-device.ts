@@ -19,10 +19,14 @@ import { Virtqueue, type UsedRingProblem } from './virtqueue.ts';
 
 export const HIPRIO_QUEUE = 0;
 
-/** Room for a request's header, argument struct and two names (PATH_MAX each). */
-export const SLOT_HEADROOM = 12 * 1024;
-/** The most data one request moves: FUSE's 256 pages. */
-export const MAX_DATA_BYTES = 256 * 4096;
+/**
+ * Bytes per slot: 12 KiB of headers (request header, arguments, names;
+ * reply header and fixed reply struct) then 1 MiB of data, FUSE's 256 pages.
+ * Slots are page-aligned in device memory, so a slot's data area is too:
+ * O_DIRECT I/O on the device side needs aligned buffers.
+ */
+export const SLOT_SIZE = 12 * 1024 + 256 * 4096;
+const PAGE = 4096;
 
 export interface DeviceOptions {
   /** Request queues to use (the device may offer more); default 1. */
@@ -54,7 +58,6 @@ interface Pending {
 
 export class VirtioFsDevice {
   readonly requestQueueCount: number;
-  readonly slotSize = SLOT_HEADROOM + MAX_DATA_BYTES;
   private readonly queues: Virtqueue<number>[] = [];
   private readonly pool: BufferPool;
   private readonly slots: Slot[] = [];
@@ -63,8 +66,9 @@ export class VirtioFsDevice {
   private nextQueue = 0;
   private failure: Error | undefined;
   private polling = false;
-  private readonly readable = [0, 0];
-  private readonly writable = [0, 0];
+  // Region-relative segment lists, reused by every submit.
+  private readonly readable: number[] = [];
+  private readonly writable: number[] = [];
   private readonly log: (line: string) => void;
 
   private constructor(
@@ -85,9 +89,9 @@ export class VirtioFsDevice {
     for (let i = 0; i <= requestQueues; i++) {
       const name = i === HIPRIO_QUEUE ? 'hiprio' : `request${i - 1}`;
       this.queues.push(new Virtqueue<number>({ name, region: memory, offset, size: queueSize, ...queueOptions }));
-      offset += align(queueBytes, 4096);
+      offset += align(queueBytes, PAGE);
     }
-    this.pool = new BufferPool({ region: memory, offset, slotSize: this.slotSize, slotCount: maxInFlight });
+    this.pool = new BufferPool({ region: memory, offset, slotSize: SLOT_SIZE, slotCount: maxInFlight });
     for (let i = 0; i < maxInFlight; i++) {
       const bytes = this.pool.slotBytes(i);
       this.slots.push({ index: i, bytes, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength) });
@@ -111,12 +115,11 @@ export class VirtioFsDevice {
       (options.log ?? console.error)(`virtiofs-client: device offers ${offered} request queue(s); using ${requestQueues}`);
     }
     const queueSize = Math.min(options.queueSize ?? 128, ...range(requestQueues + 1).map((i) => transport.maxQueueSize(i)));
-    // A request takes at most two descriptors: the pool never outgrows one queue.
-    const maxInFlight = Math.min(options.maxInFlight ?? 64, Math.floor(queueSize / 2));
+    // A request takes at most four descriptors: the pool never outgrows one queue.
+    const maxInFlight = Math.min(options.maxInFlight ?? 64, Math.floor(queueSize / 4));
 
-    const queueBytes = align(Virtqueue.bytesNeeded(queueSize, { features, maxIndirectSegments: 4 }), 4096);
-    const slotSize = SLOT_HEADROOM + MAX_DATA_BYTES;
-    const memory = transport.allocateMemory((requestQueues + 1) * queueBytes + maxInFlight * slotSize);
+    const queueBytes = align(Virtqueue.bytesNeeded(queueSize, { features, maxIndirectSegments: 4 }), PAGE);
+    const memory = transport.allocateMemory((requestQueues + 1) * queueBytes + maxInFlight * SLOT_SIZE);
     const device = new VirtioFsDevice(transport, memory, features, queueSize, requestQueues, maxInFlight, options.busyPoll ?? false, options.log);
     transport.onFailure((error) => device.fail(error));
     for (const [i, q] of device.queues.entries()) {
@@ -155,26 +158,22 @@ export class VirtioFsDevice {
   }
 
   /**
-   * Hands slot bytes [0, readableLen) to the device to read and
-   * [writableAt, writableAt + writableLen) to write, on hiprio or the next
-   * request queue. Resolves with the number of bytes the device wrote.
+   * Hands the slot to the device on hiprio or the next request queue:
+   * `readable` and `writable` are flat (slotOffset, length) pairs, at most two
+   * each, device-readable first. Resolves with the bytes the device wrote.
    * The slot stays owned by the request until it resolves or rejects.
    */
-  submit(slot: Slot, hiprio: boolean, readableLen: number, writableAt: number, writableLen: number): Promise<number> {
+  submit(slot: Slot, hiprio: boolean, readable: readonly number[], writable: readonly number[]): Promise<number> {
     if (this.failure) return Promise.reject(this.failure);
     const qi = hiprio ? HIPRIO_QUEUE : 1 + (this.nextQueue++ % this.requestQueueCount);
     const queue = this.queues[qi]!;
     const base = this.pool.slotOffset(slot.index);
-    this.readable[0] = base;
-    this.readable[1] = readableLen;
-    this.writable[0] = base + writableAt;
-    this.writable[1] = writableLen;
-    const writable = writableLen > 0 ? this.writable : NO_SEGMENTS;
+    toRegion(readable, base, this.readable);
+    toRegion(writable, base, this.writable);
     const promise = new Promise<number>((resolve, reject) => {
       this.pending[slot.index] = { resolve, reject, abandoned: false };
     });
-    // Each slot needs at most 2 descriptors (or 1 indirect); the pool is never larger than the queue.
-    if (!queue.add(this.readable, writable, slot.index)) {
+    if (!queue.add(this.readable, this.writable, slot.index)) {
       const p = this.pending[slot.index]!;
       this.pending[slot.index] = undefined;
       p.reject(new TransportError(`${queue.name} is full`, 'EAGAIN'));
@@ -251,7 +250,13 @@ export class VirtioFsDevice {
   }
 }
 
-const NO_SEGMENTS: number[] = [];
+/** Slot-relative (offset, length) pairs to region offsets, skipping empty segments. */
+function toRegion(segments: readonly number[], base: number, out: number[]): void {
+  out.length = 0;
+  for (let i = 0; i < segments.length; i += 2) {
+    if (segments[i + 1]! > 0) out.push(base + segments[i]!, segments[i + 1]!);
+  }
+}
 
 function align(n: number, to: number): number {
   return Math.ceil(n / to) * to;

@@ -3,11 +3,13 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { constants as fsc, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, statfsSync, writeFileSync } from 'node:fs';
+import { constants as fsc, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync, statfsSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT } from '../../client/client.ts';
 import { InitFlag } from '../../client/protocol/index.ts';
-import { withDevice } from '../helpers/virtiofsd.ts';
+import { Virtiofsd } from '../../client/backends/virtiofsd.ts';
+import { requireRoot, withDevice } from '../helpers/virtiofsd.ts';
 
 test('INIT: negotiated minor, max_write, flags and the arch outcome of a legacy device', async (t) => {
   await withDevice(t, {}, async ({ client }) => {
@@ -182,4 +184,41 @@ test('killing virtiofsd fails pending and new requests within a bounded time', a
     const late = await t.throwsAsync(client.getattr(ROOT));
     t.is((late as NodeJS.ErrnoException).code, 'ENOTCONN');
   });
+});
+
+test('O_DIRECT I/O works: data travels in page-aligned buffers (virtiofsd -o allow_direct_io)', async (t) => {
+  await withDevice(t, { allowDirectIo: true }, async ({ client, dir }) => {
+    const flags = fsc.O_RDWR | fsc.O_DIRECT;
+    const f = await client.create(ROOT, 'direct', flags, 0o644);
+    const block = randomBytes(64 * 1024);
+    t.is(await client.write(f.entry.nodeid, f.fh, 0, block, flags), block.length);
+    t.true((await client.read(f.entry.nodeid, f.fh, 0, block.length, flags)).equals(block));
+    await client.release(f.entry.nodeid, f.fh, flags);
+    t.true(readFileSync(join(dir, 'direct')).equals(block));
+  });
+});
+
+test('busy-poll mode completes requests without notifications', async (t) => {
+  await withDevice(t, { client: { busyPoll: true } }, async ({ client, dir }) => {
+    writeFileSync(join(dir, 'p'), 'polled');
+    const e = await client.lookup(ROOT, 'p');
+    const o = await client.open(e.nodeid, fsc.O_RDONLY);
+    const reads = await Promise.all(Array.from({ length: 16 }, () => client.read(e.nodeid, o.fh, 0, 6)));
+    t.deepEqual(reads.map(String), new Array(16).fill('polled'));
+  });
+});
+
+test('the scripting example runs against a real device', async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = mkdtempSync(join(tmpdir(), 'vfs-example-'));
+  const daemon = await Virtiofsd.start({ sharedDir: dir });
+  try {
+    const out = execFileSync(process.execPath, ['--import', 'tsx', 'examples/script-a-device.ts', daemon.socketPath], { encoding: 'utf8' });
+    t.regex(out, /hello from userspace virtio-fs/);
+    t.regex(out, /missing: ENOENT/);
+    t.is(readFileSync(join(dir, 'hello.txt'), 'utf8'), 'hello from userspace virtio-fs\n');
+  } finally {
+    await daemon.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -1,0 +1,14 @@
+/**
+ * How a request uses its slot (SLOT_SIZE bytes, page-aligned in device memory).
+ * Data gets its own page-aligned buffer, as in the kernel's virtio_fs driver:
+ * the device may hand it straight to O_DIRECT I/O, which needs alignment.
+ */
+export const REQUEST_AT = 0;
+/** fuse_in_header, the argument struct and up to two names (a PATH_MAX symlink target fits). */
+export const REQUEST_ROOM = 8192;
+export const REPLY_AT = 8192;
+/** fuse_out_header and the largest fixed reply struct (fuse_statx_out, 288 bytes). */
+export const REPLY_ROOM = 4096;
+export const DATA_AT = 12288;
+/** FUSE's 256 pages. */
+export const DATA_ROOM = 256 * 4096;
