@@ -110,6 +110,8 @@ const c = {
   close: lib.func('int close(int fd)'),
   read: lib.func('intptr_t read(int fd, void *buf, size_t count)'),
   write: lib.func('intptr_t write(int fd, const void *buf, size_t count)'),
+  readv: lib.func('intptr_t readv(int fd, const iovec *iov, int iovcnt)'),
+  writev: lib.func('intptr_t writev(int fd, const iovec *iov, int iovcnt)'),
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   socket: lib.func('int socket(int domain, int type, int protocol)'),
   socketpair: lib.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
@@ -374,4 +376,19 @@ export function mount(source: string | null, target: string, fstype: string | nu
 
 export function umount2(target: string, flags: number): void {
   check('umount2', c.umount2(target, flags), `'${target}'`);
+}
+
+/**
+ * readv(2) into `buffers` in order; returns the bytes read, or -1 for EAGAIN
+ * (the fd is non-blocking and has nothing). Other failures throw.
+ */
+export function readv(fd: number, buffers: readonly Uint8Array[]): number {
+  const result = c.readv(fd, buffers.map((b) => ({ iov_base: b, iov_len: b.length })), buffers.length) as number;
+  if (result < 0 && koffi.errno() === EAGAIN) return -1;
+  return check('readv', result);
+}
+
+/** writev(2) of `buffers` in order; returns the bytes written. */
+export function writev(fd: number, buffers: readonly Uint8Array[]): number {
+  return check('writev', c.writev(fd, buffers.map((b) => ({ iov_base: b, iov_len: b.length })), buffers.length) as number);
 }

@@ -57,6 +57,8 @@ export interface SessionOptions {
   clientArch?: Architecture;
   /** Capabilities to ask for; default DEFAULT_INIT_FLAGS. */
   initFlags?: bigint;
+  /** Newest FUSE minor to offer; default 45 (a relay offers the local kernel's). */
+  maxMinor?: number;
   maxReadahead?: number;
   /** A request unanswered this long gets FUSE_INTERRUPT, and fails with ETIMEDOUT after as long again. */
   timeoutMs?: number;
@@ -103,7 +105,8 @@ export class FuseSession {
     readonly archMode: ArchMode,
     readonly clientArch: Architecture,
     readonly wireArchReason: string,
-    private readonly translation: WireTranslation,
+    /** How architecture-dependent fields are rewritten between client and wire encodings. */
+    readonly translation: WireTranslation,
     private readonly options: Required<Pick<SessionOptions, 'timeoutMs' | 'uid' | 'gid' | 'pid'>>,
     private readonly log: (line: string) => void,
   ) {
@@ -118,6 +121,7 @@ export class FuseSession {
     const clientArch = options.clientArch ?? hostArch();
     const archMode = options.archMode ?? { kind: 'auto' };
     const initOptions: InitRequestOptions = {
+      minor: options.maxMinor,
       maxReadahead: options.maxReadahead ?? 128 * 1024,
       flags: options.initFlags ?? DEFAULT_INIT_FLAGS,
       arch: archOffer(archMode, clientArch),

@@ -25,6 +25,8 @@ export interface ArchOffer {
 }
 
 export interface InitRequestOptions {
+  /** The newest minor we speak; default 45. A relay passes the local kernel's. */
+  minor?: number;
   maxReadahead: number;
   /** Capabilities asked for, as one 64-bit set (InitFlag). */
   flags: bigint;
@@ -41,7 +43,7 @@ export function initRequest(opts: InitRequestOptions): InitIn {
   }
   return {
     major: FUSE_KERNEL_VERSION,
-    minor: FUSE_KERNEL_MINOR_VERSION,
+    minor: Math.min(opts.minor ?? FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_MINOR_VERSION),
     max_readahead: opts.maxReadahead,
     flags: Number(flags & LOW32),
     flags2: Number(flags >> 32n),
@@ -136,7 +138,7 @@ export function decodeInitReply(view: DataView, at: number, bodyLen: number, sen
 
   return {
     major,
-    minor: Math.min(deviceMinor, FUSE_KERNEL_MINOR_VERSION),
+    minor: Math.min(deviceMinor, sent.minor ?? FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_MINOR_VERSION),
     deviceMinor,
     maxReadahead: out.max_readahead,
     flags,

@@ -63,6 +63,8 @@ export class VirtioFsDevice {
   private readonly slots: Slot[] = [];
   private readonly pending: (Pending | undefined)[];
   private readonly slotWaiters: ((slot: Slot | Error) => void)[] = [];
+  private readonly releaseListeners: (() => void)[] = [];
+  private readonly failureListeners: ((error: Error) => void)[] = [];
   private nextQueue = 0;
   private failure: Error | undefined;
   private polling = false;
@@ -150,11 +152,24 @@ export class VirtioFsDevice {
     );
   }
 
+  /** A free slot now, or undefined when all are in flight (for loops that must not wait). */
+  tryAcquireSlot(): Slot | undefined {
+    if (this.failure) return undefined;
+    const index = this.pool.acquire();
+    return index >= 0 ? this.slots[index] : undefined;
+  }
+
+  /** Runs `callback` the next time a slot is released (once). */
+  onSlotReleased(callback: () => void): void {
+    this.releaseListeners.push(callback);
+  }
+
   /** Returns a slot that was acquired but not submitted (or whose request completed). */
   releaseSlot(slot: Slot): void {
     const waiter = this.slotWaiters.shift();
-    if (waiter && !this.failure) waiter(slot);
-    else this.pool.release(slot.index);
+    if (waiter && !this.failure) return waiter(slot);
+    this.pool.release(slot.index);
+    for (const listener of this.releaseListeners.splice(0)) listener();
   }
 
   /**
@@ -195,6 +210,12 @@ export class VirtioFsDevice {
     p.reject(error);
   }
 
+  /** Runs `callback` once when the device fails (immediately if it already has). */
+  onFailure(callback: (error: Error) => void): void {
+    if (this.failure) queueMicrotask(() => callback(this.failure!));
+    else this.failureListeners.push(callback);
+  }
+
   /** Fails everything pending and every later call: the device is gone. */
   fail(error: Error): void {
     if (this.failure) return;
@@ -202,6 +223,7 @@ export class VirtioFsDevice {
     if (this.inFlight > 0 || this.slotWaiters.length > 0) this.log(`device failed: ${error.message}`);
     for (const q of this.queues) q.failAll(error.message, (index) => this.settle(index, error));
     for (const w of this.slotWaiters.splice(0)) w(error);
+    for (const listener of this.failureListeners.splice(0)) listener(error);
   }
 
   close(): void {

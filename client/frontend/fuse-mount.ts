@@ -1,0 +1,141 @@
+/**
+ * A FUSE mount of this machine's kernel: /dev/fuse opened non-blocking and
+ * mounted with mount(2) (root), with the checks a user needs to hear about
+ * before anything is mounted: the mountpoint exists, is a directory, is not
+ * already mounted, and is not a stale mount left by a crashed run.
+ */
+import { closeSync, constants, openSync, readFileSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { ErrnoError, isErrnoError } from '../../ffi/errno.ts';
+import { MNT_DETACH, MS_NODEV, MS_NOSUID, mount, umount2 } from '../../ffi/libc.ts';
+
+/** The filesystem type our mounts show in /proc/mounts: `fuse.virtiofs-client`. */
+export const FS_TYPE = 'fuse.virtiofs-client';
+
+export class MountError extends Error {
+  override name = 'MountError';
+  constructor(
+    message: string,
+    /** ENOENT, ENOTDIR, EBUSY (already mounted), ESTALE (left by a crashed run), EPERM (not root). */
+    readonly code: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface MountOptions {
+  /** Let users other than root use the mount. */
+  allowOther?: boolean;
+  /** Source name shown in /proc/mounts (the transport). */
+  source?: string;
+}
+
+interface MountInfo {
+  mountpoint: string;
+  fstype: string;
+  source: string;
+}
+
+/** Mounts of this machine whose mountpoint is `path` (a path can be mounted over several times). */
+export function mountsAt(path: string): MountInfo[] {
+  const target = resolve(path);
+  const unescape = (s: string) => s.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [left, right] = line.split(' - ') as [string, string];
+      const [fstype, source] = right.split(' ');
+      return { mountpoint: unescape(left.split(' ')[4]!), fstype: fstype!, source: unescape(source ?? '') };
+    })
+    .filter((m) => m.mountpoint === target);
+}
+
+/** Throws a MountError that tells the user what to do when `path` cannot be mounted on. */
+export function checkMountpoint(path: string): void {
+  const existing = mountsAt(path);
+  if (existing.length > 0) {
+    const m = existing[existing.length - 1]!;
+    let stale = false;
+    try {
+      statSync(path);
+    } catch (e) {
+      stale = isErrnoError(e, 'ENOTCONN') || (e as NodeJS.ErrnoException).code === 'ENOTCONN';
+    }
+    if (stale) {
+      throw new MountError(
+        `${path} holds a stale ${m.fstype} mount whose daemon is gone (left by a crashed run?): run 'virtiofs-client unmount ${path}' first`,
+        'ESTALE',
+      );
+    }
+    throw new MountError(`${path} is already a mountpoint (${m.fstype} from ${m.source}): unmount it first`, 'EBUSY');
+  }
+  let st;
+  try {
+    st = statSync(path);
+  } catch (e) {
+    throw new MountError(`mountpoint ${path} does not exist: create it first (mkdir -p ${path})`, (e as NodeJS.ErrnoException).code ?? 'ENOENT');
+  }
+  if (!st.isDirectory()) throw new MountError(`mountpoint ${path} is not a directory`, 'ENOTDIR');
+}
+
+export class FuseMount {
+  private mounted = true;
+
+  private constructor(
+    /** The /dev/fuse file descriptor (non-blocking) of this mount's connection. */
+    readonly fd: number,
+    readonly mountpoint: string,
+  ) {}
+
+  /** Opens /dev/fuse and mounts it on `mountpoint`. The kernel's FUSE_INIT is then waiting on `fd`. */
+  static open(mountpoint: string, options: MountOptions = {}): FuseMount {
+    const target = resolve(mountpoint);
+    checkMountpoint(target);
+    if (process.getuid?.() !== 0) {
+      throw new MountError('mounting needs root (mount(2) of /dev/fuse); run as root', 'EPERM');
+    }
+    const fd = openSync('/dev/fuse', constants.O_RDWR | constants.O_NONBLOCK); // libuv adds O_CLOEXEC
+    const st = statSync(target);
+    const data = [
+      `fd=${fd}`,
+      `rootmode=${(st.mode & constants.S_IFMT).toString(8)}`,
+      'user_id=0',
+      'group_id=0',
+      // The kernel checks permissions from the attributes, as a local filesystem does.
+      'default_permissions',
+      ...(options.allowOther ? ['allow_other'] : []),
+    ].join(',');
+    try {
+      mount(options.source ?? 'virtiofs-client', target, FS_TYPE, MS_NOSUID | MS_NODEV, data);
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+    return new FuseMount(fd, target);
+  }
+
+  /** Unmounts (lazily if busy) and closes the connection; pending kernel requests then fail with ENOTCONN. */
+  close(): void {
+    if (this.mounted) {
+      this.mounted = false;
+      unmount(this.mountpoint);
+    }
+    try {
+      closeSync(this.fd);
+    } catch {
+      // already closed
+    }
+  }
+}
+
+/** umount2, falling back to a lazy detach while files are still open. No error if nothing is mounted. */
+export function unmount(path: string): void {
+  if (mountsAt(path).length === 0) return;
+  try {
+    umount2(resolve(path), 0);
+  } catch (e) {
+    if (!(e instanceof ErrnoError) || e.code !== 'EBUSY') throw e;
+    umount2(resolve(path), MNT_DETACH);
+  }
+}
