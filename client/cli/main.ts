@@ -2,8 +2,11 @@ import type { Command } from './command.ts';
 import { UsageError } from './command.ts';
 import { archCommand } from './arch.ts';
 import { demoCommand } from './demo.ts';
+import { mountCommand } from './mount.ts';
+import { statusCommand } from './status.ts';
+import { unmountCommand } from './unmount.ts';
 
-const commands: readonly Command[] = [demoCommand, archCommand];
+const commands: readonly Command[] = [mountCommand, statusCommand, unmountCommand, demoCommand, archCommand];
 
 function overview(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -32,7 +32,7 @@ import {
 import { openTransport } from '../transport/open.ts';
 import type { VirtioTransport } from '../transport/transport.ts';
 import { VirtioFsDevice, type DeviceOptions, type Slot } from '../virtio/virtio-fs-device.ts';
-import { FuseMount } from './fuse-mount.ts';
+import { FuseMount, checkMountpoint } from './fuse-mount.ts';
 import { OpStats, type OpcodeSummary } from './op-stats.ts';
 import { describeRequest, describeReply } from './trace.ts';
 
@@ -110,6 +110,8 @@ export class FuseRelay {
    */
   static async mount(options: RelayOptions): Promise<FuseRelay> {
     const log = options.log ?? ((line: string) => console.error(`virtiofs-client: ${line}`));
+    // Before touching the device: a virtiofsd serves only one connection.
+    checkMountpoint(options.mountpoint);
     const transport = typeof options.transport === 'string' ? openTransport(options.transport) : options.transport;
     let device: VirtioFsDevice | undefined;
     let mount: FuseMount | undefined;

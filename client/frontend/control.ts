@@ -1,0 +1,71 @@
+/**
+ * Each running mount answers `virtiofs-client status` on a unix socket under
+ * /run/virtiofs-client, named after its mountpoint. One request, one JSON reply.
+ */
+import { createHash } from 'node:crypto';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { createConnection, createServer, type Server } from 'node:net';
+import { join, resolve } from 'node:path';
+import type { RelayStatus } from './relay.ts';
+
+export const RUN_DIR = process.env.VIRTIOFS_CLIENT_RUN_DIR ?? '/run/virtiofs-client';
+
+export function controlSocketPath(mountpoint: string): string {
+  const id = createHash('sha256').update(resolve(mountpoint)).digest('hex').slice(0, 16);
+  return join(RUN_DIR, `${id}.sock`);
+}
+
+/** Where a background mount writes its log. */
+export function logPath(mountpoint: string): string {
+  return controlSocketPath(mountpoint).replace(/\.sock$/, '.log');
+}
+
+/** Serves `status()` as JSON on the mount's control socket until closed. */
+export function serveStatus(mountpoint: string, status: () => RelayStatus): Promise<Server> {
+  mkdirSync(RUN_DIR, { recursive: true, mode: 0o755 });
+  const path = controlSocketPath(mountpoint);
+  rmSync(path, { force: true });
+  const server = createServer((socket) => socket.end(JSON.stringify(status(), (_k, v) => (typeof v === 'bigint' ? v.toString() : v))));
+  return new Promise((ok, fail) => {
+    server.once('error', fail);
+    server.listen(path, () => {
+      server.unref();
+      ok(server);
+    });
+  });
+}
+
+export function stopServing(server: Server, mountpoint: string): void {
+  server.close();
+  rmSync(controlSocketPath(mountpoint), { force: true });
+}
+
+/** The status of the mount whose control socket is `path`, or undefined if nobody answers. */
+export function queryStatus(path: string, timeoutMs = 2000): Promise<RelayStatus | undefined> {
+  return new Promise((resolveStatus) => {
+    const chunks: Buffer[] = [];
+    const socket = createConnection(path);
+    const timer = setTimeout(() => socket.destroy(), timeoutMs);
+    socket.on('data', (c) => chunks.push(c));
+    socket.on('error', () => resolveStatus(undefined));
+    socket.on('close', () => {
+      clearTimeout(timer);
+      try {
+        resolveStatus(JSON.parse(Buffer.concat(chunks).toString()) as RelayStatus);
+      } catch {
+        resolveStatus(undefined);
+      }
+    });
+  });
+}
+
+/** Control sockets of every mount this machine may be running. */
+export function controlSockets(): string[] {
+  try {
+    return readdirSync(RUN_DIR)
+      .filter((f) => f.endsWith('.sock'))
+      .map((f) => join(RUN_DIR, f));
+  } catch {
+    return [];
+  }
+}
