@@ -1,81 +1,92 @@
 /**
  * `virtiofs-client demo`: the main job on an embedded default. Starts a real
  * virtio-fs device (QEMU's virtiofsd) on a temporary directory of sample
- * files, connects to it over vhost-user, shows the FUSE_INIT negotiation and a
- * short scripted session, and removes everything it created.
+ * files, mounts it through the /dev/fuse relay, runs a short session of
+ * ordinary shell commands on the mount, and removes everything it created.
  */
-import { constants } from 'node:fs';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { exec } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseArgs, promisify } from 'node:util';
 import { Virtiofsd } from '../backends/virtiofsd.ts';
-import { ROOT, VirtioFsClient } from '../client.ts';
-import { flagsToNames, hostArch } from '../arch/index.ts';
+import { FuseRelay } from '../frontend/relay.ts';
 import type { Command } from './command.ts';
 
-const usage = `usage: virtiofs-client demo [--keep-files]
+const sh = promisify(exec);
+
+const usage = `usage: virtiofs-client demo [--keep]
 
 Starts QEMU's virtiofsd (/usr/lib/qemu/virtiofsd) on a temporary directory
-with a few sample files, connects to it as a virtio-fs driver over vhost-user,
-and shows: the FUSE_INIT negotiation (protocol, limits, the architecture
-outcome), a directory listing, reading and writing files, an O_DIRECT write,
-and an error coming back as a Node-style code. Needs root (virtiofsd does).
+with a few sample files, mounts it on a temporary mountpoint through
+/dev/fuse (this machine's FUSE module makes the requests; virtiofs-client
+carries them over vhost-user virtqueues), and shows the FUSE_INIT negotiation,
+a listing, reading and writing files, and an O_DIRECT write, using ordinary
+shell commands on the mount. Then it unmounts and removes everything. Needs root.
 
-  --keep-files   leave the temporary shared directory in place and print its path`;
+  --keep   stay mounted until Ctrl-C (then clean up as usual)`;
 
 export const demoCommand: Command = {
   name: 'demo',
-  summary: 'start a real virtiofsd on sample files and walk through a session with it',
+  summary: 'start a real virtiofsd on sample files, mount it, and run a short session on it',
   usage,
   async run(args: string[]): Promise<number> {
-    const { values } = parseArgs({ args, options: { 'keep-files': { type: 'boolean', default: false } } });
-    const dir = mkdtempSync(join(tmpdir(), 'virtiofs-demo-'));
-    mkdirSync(join(dir, 'docs'));
-    writeFileSync(join(dir, 'README.txt'), 'This directory is served by virtiofsd and read through virtiofs-client.\n');
-    writeFileSync(join(dir, 'docs', 'numbers.csv'), Array.from({ length: 10 }, (_, i) => `${i},${i * i}`).join('\n') + '\n');
+    const { values } = parseArgs({ args, options: { keep: { type: 'boolean', default: false } } });
+    const work = mkdtempSync(join(tmpdir(), 'virtiofs-demo-'));
+    const shared = join(work, 'shared');
+    const mountpoint = join(work, 'mnt');
+    mkdirSync(join(shared, 'docs'), { recursive: true });
+    mkdirSync(mountpoint);
+    writeFileSync(join(shared, 'README.txt'), 'This directory is served by virtiofsd and mounted through virtiofs-client.\n');
+    writeFileSync(join(shared, 'docs', 'squares.csv'), Array.from({ length: 6 }, (_, i) => `${i},${i * i}`).join('\n') + '\n');
 
     const step = (title: string) => console.log(`\n== ${title}`);
-    step(`starting virtiofsd on ${dir}`);
-    const daemon = await Virtiofsd.start({ sharedDir: dir, allowDirectIo: true, xattr: true });
-    console.log(`virtiofsd pid ${daemon.pid}, vhost-user socket ${daemon.socketPath}`);
-    let client: VirtioFsClient | undefined;
-    try {
-      step('connecting: vhost-user handshake, virtqueues in shared memory, FUSE_INIT');
-      client = await VirtioFsClient.connect({ transport: `vhost-user:${daemon.socketPath}` });
-      for (const line of client.describe()) console.log(`  ${line}`);
+    const run = async (command: string) => {
+      console.log(`$ ${command.replaceAll(work, '$DEMO')}`);
+      // cd inside the shell: spawning with cwd on the mount would make libuv wait,
+      // synchronously, for a child that waits on this very process to serve its chdir.
+      const { stdout, stderr } = await sh(`cd '${mountpoint}' && ${command}`);
+      const text = (stdout + stderr).trimEnd().replaceAll(work, '$DEMO');
+      if (text) console.log(text.split('\n').map((l) => `  ${l}`).join('\n'));
+    };
 
-      step('listing / (READDIRPLUS)');
-      for (const e of await client.list(ROOT)) {
-        if (e.name === '.' || e.name === '..') continue;
-        const kind = (e.entry.attr.mode & 0o170000) === 0o040000 ? 'dir ' : 'file';
-        console.log(`  ${kind} ${e.name.padEnd(14)} ${String(e.entry.attr.size).padStart(6)} bytes  mode ${(e.entry.attr.mode & 0o7777).toString(8)}`);
+    step(`starting virtiofsd on $DEMO/shared (DEMO=${work})`);
+    const daemon = await Virtiofsd.start({ sharedDir: shared, allowDirectIo: true, xattr: true });
+    console.log(`virtiofsd pid ${daemon.pid}, vhost-user socket ${daemon.socketPath}`);
+    let relay: FuseRelay | undefined;
+    try {
+      step('mounting $DEMO/mnt: vhost-user handshake, virtqueues in shared memory, FUSE_INIT relayed to the device');
+      relay = await FuseRelay.mount({ transport: `vhost-user:${daemon.socketPath}`, mountpoint, log: (l) => console.log(`  [relay] ${l}`) });
+      for (const line of relay.session.describe()) console.log(`  ${line}`);
+
+      step('a session on the mount');
+      await run('ls -l');
+      await run('cat docs/squares.csv');
+      await run('echo "written through the mount" > notes.txt && cat "$0"/notes.txt'.replace('$0', shared));
+      await run('dd if=/dev/urandom of=direct.bin bs=64k count=16 oflag=direct status=none && ls -l direct.bin');
+      await run(`cmp direct.bin ${join(shared, 'direct.bin')} && echo "O_DIRECT write: identical on the host"`);
+      await run('mkdir -p a/b && mv notes.txt a/b/ && find . | sort');
+      await run('df -h . | tail -1');
+
+      step('status of the mount (what `virtiofs-client status` shows)');
+      for (const o of relay.status().operations.slice(0, 6)) {
+        console.log(`  ${o.opcode.padEnd(12)} ${String(o.count).padStart(5)} requests, p50 ${o.p50Ms.toFixed(3)} ms, p99 ${o.p99Ms.toFixed(3)} ms`);
       }
 
-      step('reading /docs/numbers.csv (LOOKUP, OPEN, READ)');
-      const csv = await client.resolve('docs/numbers.csv');
-      const file = await client.open(csv.nodeid, constants.O_RDONLY);
-      console.log((await client.read(csv.nodeid, file.fh, 0, 64)).toString().trimEnd().split('\n').map((l) => `  ${l}`).join('\n'));
-      await client.release(csv.nodeid, file.fh);
-
-      const flags = constants.O_WRONLY | constants.O_DIRECT;
-      step(`an O_DIRECT write: open flags ${flagsToNames(flags, hostArch()).join('|')} (0${flags.toString(8)}), wire encoding ${client.session.wireArch.name}`);
-      const direct = await client.create(ROOT, 'direct.bin', flags, 0o644);
-      const block = Buffer.alloc(4096, 0x5a);
-      console.log(`  wrote ${await client.write(direct.entry.nodeid, direct.fh, 0, block)} bytes with O_DIRECT`);
-      await client.release(direct.entry.nodeid, direct.fh, flags);
-      const onHost = readFileSync(join(dir, 'direct.bin'));
-      console.log(`  the host's shared directory has direct.bin: ${onHost.length} bytes, ${onHost.equals(block) ? 'identical' : 'DIFFERENT'}`);
-
-      step('an error comes back as a Node-style code');
-      await client.lookup(ROOT, 'no-such-file').catch((e: NodeJS.ErrnoException) => console.log(`  ${e.code}: ${e.message}`));
+      if (values.keep) {
+        step(`mounted on ${mountpoint}; press Ctrl-C to unmount and clean up`);
+        await new Promise<void>((resolve) => {
+          process.once('SIGINT', resolve);
+          process.once('SIGTERM', resolve);
+          void relay!.closed.then(() => resolve());
+        });
+      }
     } finally {
-      await client?.close();
+      await relay?.unmount();
       await daemon.stop();
-      if (values['keep-files']) console.log(`\nshared directory kept at ${dir}`);
-      else rmSync(dir, { recursive: true, force: true });
+      rmSync(work, { recursive: true, force: true });
     }
-    step('done: virtiofsd stopped, temporary files removed');
+    step('done: unmounted, virtiofsd stopped, temporary files removed');
     return 0;
   },
 };
