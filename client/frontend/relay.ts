@@ -338,13 +338,16 @@ export class FuseRelay {
     this.stopped = true;
     this.stopReading();
     if (reason !== 'unmounted') this.log(`${reason}: unmounting ${this.mount.mountpoint}`);
-    // Unmount first (lazily if files are open), then close /dev/fuse: the kernel fails whatever is left.
-    try {
-      this.mount.close();
-    } catch (e) {
-      this.log(`unmount ${this.mount.mountpoint}: ${(e as Error).message}`);
-    }
-    void this.session.close().finally(() => this.resolveClosed(reason));
+    // Next turn of the loop, so requests the device failed just now get their EIO replies first.
+    // Then unmount (lazily if files are open) and close /dev/fuse: the kernel fails whatever is left.
+    setImmediate(() => {
+      try {
+        this.mount.close();
+      } catch (e) {
+        this.log(`unmount ${this.mount.mountpoint}: ${(e as Error).message}`);
+      }
+      void this.session.close().finally(() => this.resolveClosed(reason));
+    });
   }
 }
 
