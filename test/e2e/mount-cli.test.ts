@@ -1,0 +1,92 @@
+// The mount command as a user meets it: clear one-line errors for bad
+// mountpoints, a stale mount detected and cleared, status of a live mount.
+import test from 'ava';
+import { execFile, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { Virtiofsd } from '../../client/backends/virtiofsd.ts';
+import { mountsAt } from '../../client/frontend/fuse-mount.ts';
+import { requireRoot } from '../helpers/virtiofsd.ts';
+
+const run = promisify(execFile);
+const cli = (...args: string[]) => spawnSync(process.execPath, ['bin/virtiofs-client.js', ...args], { encoding: 'utf8' });
+
+async function withDaemon(fn: (d: Virtiofsd, work: string) => Promise<void>): Promise<void> {
+  const work = mkdtempSync(join(tmpdir(), 'vfs-cli-'));
+  mkdirSync(join(work, 'shared'));
+  mkdirSync(join(work, 'mnt'));
+  writeFileSync(join(work, 'shared', 'hello'), 'hello\n');
+  const d = await Virtiofsd.start({ sharedDir: join(work, 'shared') });
+  try {
+    await fn(d, work);
+  } finally {
+    cli('unmount', join(work, 'mnt'));
+    await d.stop();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+test('bad mountpoints give one clear line and a failing status, before the device is touched', async (t) => {
+  if (!requireRoot(t)) return;
+  await withDaemon(async (d, work) => {
+    const missing = cli('mount', '--transport', `vhost-user:${d.socketPath}`, '--foreground', join(work, 'nope'));
+    t.is(missing.status, 1);
+    t.regex(missing.stderr, /^virtiofs-client: mountpoint .*nope does not exist: create it first/);
+    t.is(missing.stderr.trim().split('\n').length, 1, missing.stderr);
+    const file = join(work, 'file');
+    writeFileSync(file, '');
+    const notDir = cli('mount', '--transport', `vhost-user:${d.socketPath}`, '--foreground', file);
+    t.regex(notDir.stderr, /is not a directory/);
+    const noTransport = cli('mount', join(work, 'mnt'));
+    t.is(noTransport.status, 2);
+    t.regex(noTransport.stderr, /--transport is required/);
+    // The device is still unused: a real mount now works.
+    const ok = cli('mount', '--transport', `vhost-user:${d.socketPath}`, join(work, 'mnt'));
+    t.is(ok.status, 0, ok.stderr);
+    t.regex(ok.stdout, /^mounted vhost-user:.* on .*mnt \(pid \d+\)/);
+    t.is((await run('cat', [join(work, 'mnt', 'hello')])).stdout, 'hello\n');
+    const again = cli('mount', '--transport', `vhost-user:${d.socketPath}`, join(work, 'mnt'));
+    t.is(again.status, 1);
+    t.regex(again.stderr, /is already a mountpoint \(fuse.virtiofs-client/);
+  });
+});
+
+test('status reports the negotiation and per-opcode counts of a running mount', async (t) => {
+  if (!requireRoot(t)) return;
+  await withDaemon(async (d, work) => {
+    const mnt = join(work, 'mnt');
+    t.is(cli('mount', '--transport', `vhost-user:${d.socketPath}`, mnt).status, 0);
+    await run('cat', [join(mnt, 'hello')]);
+    const text = cli('status', mnt);
+    t.is(text.status, 0);
+    t.regex(text.stdout, /FUSE 7\.\d+ \(device 7\.36\)/);
+    t.regex(text.stdout, /arch mode auto; device answer legacy/);
+    t.regex(text.stdout, /READ\s+\d+\s+0\s+[\d.]+/);
+    const json = JSON.parse(cli('status', mnt, '--json').stdout) as { archOutcome: string; operations: { opcode: string; count: number }[] }[];
+    t.is(json[0]!.archOutcome, 'legacy');
+    t.true(json[0]!.operations.some((o) => o.opcode === 'LOOKUP' || o.opcode === 'READ'));
+    t.is(cli('unmount', mnt).status, 0);
+    t.is(mountsAt(mnt).length, 0);
+  });
+});
+
+test('a stale mount left by a killed relay is detected, explained, and cleared by unmount', async (t) => {
+  if (!requireRoot(t)) return;
+  await withDaemon(async (d, work) => {
+    const mnt = join(work, 'mnt');
+    const mounted = cli('mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
+    const pid = Number(/pid (\d+)/.exec(mounted.stdout)?.[1]);
+    t.true(pid > 0, mounted.stdout + mounted.stderr);
+    process.kill(pid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 300));
+    t.is(mountsAt(mnt).length, 1, 'the kernel keeps the mount of a killed daemon');
+    const second = cli('mount', '--transport', 'vhost-user:/nonexistent.sock', mnt);
+    t.is(second.status, 1);
+    t.regex(second.stderr, /stale fuse.virtiofs-client mount whose daemon is gone .*run 'virtiofs-client unmount/);
+    t.is(cli('unmount', mnt).status, 0);
+    t.is(mountsAt(mnt).length, 0);
+    t.regex(readFileSync(join(work, 'shared', 'hello'), 'utf8'), /hello/);
+  });
+});
