@@ -21,7 +21,7 @@ import {
   type DirentPlus,
   type ReplyBody,
 } from './protocol/index.ts';
-import type { Struct } from './protocol/struct.ts';
+import type { Struct } from '../ffi/struct.ts';
 import { openTransport } from './transport/open.ts';
 import type { VirtioTransport } from './transport/transport.ts';
 import { VirtioFsDevice, type DeviceOptions } from './virtio/virtio-fs-device.ts';

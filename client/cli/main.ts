@@ -2,11 +2,12 @@ import type { Command } from './command.ts';
 import { UsageError } from './command.ts';
 import { archCommand } from './arch.ts';
 import { demoCommand } from './demo.ts';
+import { bindCommand, devicesCommand } from './devices.ts';
 import { mountCommand } from './mount.ts';
 import { statusCommand } from './status.ts';
 import { unmountCommand } from './unmount.ts';
 
-const commands: readonly Command[] = [mountCommand, statusCommand, unmountCommand, demoCommand, archCommand];
+const commands: readonly Command[] = [mountCommand, statusCommand, unmountCommand, devicesCommand, bindCommand, demoCommand, archCommand];
 
 function overview(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

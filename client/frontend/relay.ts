@@ -11,7 +11,7 @@ import { readv, writev } from '../../ffi/libc.ts';
 import { sharedPoller } from '../../ffi/poller.ts';
 import { ArchTranslationError } from '../arch/index.ts';
 import { FuseSession, type SessionOptions } from '../fuse/session.ts';
-import { DATA_AT, DATA_ROOM, REPLY_AT, REQUEST_ROOM } from '../fuse/slot-layout.ts';
+import { DATA_AT, REPLY_AT, REQUEST_ROOM } from '../fuse/slot-layout.ts';
 import {
   FUSE_KERNEL_VERSION,
   InitFlag,
@@ -119,7 +119,7 @@ export class FuseRelay {
       device = VirtioFsDevice.open(transport, { ...options, log });
       mount = FuseMount.open(options.mountpoint, { allowOther: options.allowOther, source: transport.description });
       const slot = device.tryAcquireSlot()!;
-      const kernelInit = await readKernelInit(mount.fd, slot);
+      const kernelInit = await readKernelInit(mount.fd, slot, device.dataRoom);
       const session = await FuseSession.open(device, {
         ...options,
         log,
@@ -181,7 +181,7 @@ export class FuseRelay {
       congestion_threshold: init.congestionThreshold,
       max_write: this.session.maxWrite,
       time_gran: init.timeGran,
-      max_pages: Math.min(init.maxPages, DATA_ROOM / 4096),
+      max_pages: Math.min(init.maxPages, Math.floor(this.device.dataRoom / 4096)),
       request_timeout: init.requestTimeout,
     });
     fuse_out_header.encode(view, 0, { len: out.length, error: 0, unique: kernel.unique });
@@ -214,7 +214,7 @@ export class FuseRelay {
       }
       let n: number;
       try {
-        n = readv(this.mount.fd, [slot.bytes.subarray(0, HEAD), slot.bytes.subarray(DATA_AT, DATA_AT + DATA_ROOM)]);
+        n = readv(this.mount.fd, [slot.bytes.subarray(0, HEAD), slot.bytes.subarray(DATA_AT, DATA_AT + this.device.dataRoom)]);
       } catch (e) {
         this.device.releaseSlot(slot);
         if (isErrnoError(e, 'ENODEV')) this.teardown('unmounted');
@@ -361,7 +361,7 @@ interface KernelInit {
 }
 
 /** Waits for the kernel's FUSE_INIT on a new mount and reads it (either size). */
-function readKernelInit(fd: number, slot: Slot): Promise<KernelInit> {
+function readKernelInit(fd: number, slot: Slot, dataRoom: number): Promise<KernelInit> {
   return new Promise((resolve, reject) => {
     const poller = sharedPoller();
     const timer = setTimeout(() => {
@@ -370,7 +370,7 @@ function readKernelInit(fd: number, slot: Slot): Promise<KernelInit> {
     }, 10_000);
     poller.watch(fd, 'readable', () => {
       try {
-        const n = readv(fd, [slot.bytes.subarray(0, HEAD), slot.bytes.subarray(DATA_AT, DATA_AT + DATA_ROOM)]);
+        const n = readv(fd, [slot.bytes.subarray(0, HEAD), slot.bytes.subarray(DATA_AT, DATA_AT + dataRoom)]);
         if (n < 0) return;
         poller.unwatch(fd);
         clearTimeout(timer);

@@ -30,7 +30,7 @@ import {
   type SupportedOpcode,
 } from '../protocol/index.ts';
 import type { Slot, VirtioFsDevice } from '../virtio/virtio-fs-device.ts';
-import { DATA_AT, DATA_ROOM, REPLY_AT, REQUEST_AT, REQUEST_ROOM } from './slot-layout.ts';
+import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM } from './slot-layout.ts';
 import { archOffer, describeArchMode, wireEncoding, type ArchMode } from './arch-mode.ts';
 import { WireTranslation } from './wire-translation.ts';
 
@@ -111,8 +111,8 @@ export class FuseSession {
     private readonly log: (line: string) => void,
   ) {
     const pageBytes = init.maxPages * 4096;
-    this.maxWrite = Math.min(init.maxWrite, pageBytes, DATA_ROOM);
-    this.maxRead = Math.min(pageBytes, DATA_ROOM);
+    this.maxWrite = Math.min(init.maxWrite, pageBytes, device.dataRoom);
+    this.maxRead = Math.min(pageBytes, device.dataRoom);
   }
 
   /** Sends FUSE_INIT and settles the architecture encoding. */
@@ -181,7 +181,7 @@ export class FuseSession {
       const unique = this.nextUnique();
       // Data (WRITE, SETXATTR, BATCH_FORGET payloads) goes to the slot's page-aligned data area.
       const data = body.data;
-      if (data && data.length > DATA_ROOM) throw new RangeError(`${opcode}: ${data.length} data bytes, more than ${DATA_ROOM}`);
+      if (data && data.length > this.device.dataRoom) throw new RangeError(`${opcode}: ${data.length} data bytes, more than ${this.device.dataRoom}`);
       const head = new DataView(slot.bytes.buffer, slot.bytes.byteOffset + REQUEST_AT, REQUEST_ROOM);
       const { written } = encodeRequest(head, 0, opcode, this.header(unique, nodeid), { ...body, data: undefined, dataLength: data?.length });
       if (data) slot.bytes.set(data, DATA_AT);
@@ -198,7 +198,7 @@ export class FuseSession {
         return undefined as T;
       }
       const room = replyRoom(Opcode[opcode], options.requestedSize);
-      if (room.data > DATA_ROOM) throw new RangeError(`${opcode}: asks for ${room.data} bytes, more than ${DATA_ROOM}`);
+      if (room.data > this.device.dataRoom) throw new RangeError(`${opcode}: asks for ${room.data} bytes, more than ${this.device.dataRoom}`);
       const writable = [REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data];
       const usedLen = await this.submitWithTimeout(slot, opcode, unique, readable, writable, () => (owned = false));
       return this.finish(opcode, unique, slot, room, usedLen, options, decode);

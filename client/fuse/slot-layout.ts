@@ -9,6 +9,5 @@ export const REQUEST_ROOM = 8192;
 export const REPLY_AT = 8192;
 /** fuse_out_header and the largest fixed reply struct (fuse_statx_out, 288 bytes). */
 export const REPLY_ROOM = 4096;
+/** Data follows the headers; its size is the device's `dataRoom`. */
 export const DATA_AT = 12288;
-/** FUSE's 256 pages. */
-export const DATA_ROOM = 256 * 4096;

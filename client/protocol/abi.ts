@@ -3,7 +3,7 @@
  * live here; what each opcode carries is in messages.ts. Sizes are sizeof()
  * from the header and are verified when the module loads.
  */
-import { array, struct } from './struct.ts';
+import { array, struct } from '../../ffi/struct.ts';
 
 export const FUSE_KERNEL_VERSION = 7;
 export const FUSE_KERNEL_MINOR_VERSION = 45;

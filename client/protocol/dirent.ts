@@ -1,7 +1,7 @@
 /** READDIR / READDIRPLUS record streams, parsed with the same bounds discipline as fixed replies. */
 import { fuse_dirent, fuse_direntplus, fuse_entry_out } from './abi.ts';
 import { ProtocolError } from './errors.ts';
-import type { Struct } from './struct.ts';
+import type { Struct } from '../../ffi/struct.ts';
 
 /** The kernel's FUSE_NAME_MAX: longer names in a directory stream are rejected. */
 export const FUSE_NAME_MAX = 1024;

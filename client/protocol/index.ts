@@ -7,4 +7,4 @@ export * from './messages.ts';
 export * from './opcodes.ts';
 export * from './reply.ts';
 export * from './request.ts';
-export { Struct, struct, array } from './struct.ts';
+export { Struct, struct, array } from '../../ffi/struct.ts';

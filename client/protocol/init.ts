@@ -6,7 +6,7 @@ import { FUSE_COMPAT_INIT_IN_SIZE, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSIO
 import { ProtocolError } from './errors.ts';
 import { FUSE_DEFAULT_MAX_PAGES, FUSE_MAX_MAX_PAGES, InitFlag } from './flags.ts';
 import { Opcode } from './opcodes.ts';
-import type { Struct } from './struct.ts';
+import type { Struct } from '../../ffi/struct.ts';
 
 /** virtio-fs was defined with FUSE 7.31: no virtio-fs device speaks less. */
 export const MIN_DEVICE_MINOR = 31;

@@ -5,7 +5,7 @@
  */
 import * as abi from './abi.ts';
 import { Opcode, type OpcodeName } from './opcodes.ts';
-import type { Struct } from './struct.ts';
+import type { Struct } from '../../ffi/struct.ts';
 
 export type ReplyShape =
   /** The device sends no reply body we wait for (FORGET, BATCH_FORGET, INTERRUPT). */

@@ -8,7 +8,7 @@ import * as abi from './abi.ts';
 import { parseDirents, parseDirentsPlus, type DirentPlus, type Dirent } from './dirent.ts';
 import { ProtocolError } from './errors.ts';
 import { messageShape } from './messages.ts';
-import type { Struct } from './struct.ts';
+import type { Struct } from '../../ffi/struct.ts';
 
 /** Largest errno a reply may carry (the kernel's MAX_ERRNO). */
 const MAX_ERRNO = 4095;

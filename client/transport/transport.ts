@@ -33,6 +33,12 @@ export interface VirtioTransport {
   readonly maxQueues: number | undefined;
   /** Largest queue size the device accepts for queue `index`. */
   maxQueueSize(index: number): number;
+  /**
+   * When set, memory from allocateMemory is device-contiguous only within
+   * aligned chunks of this many bytes (hugepages whose physical addresses are
+   * unrelated): rings and buffers must not straddle a chunk boundary.
+   */
+  readonly dmaChunkBytes?: number;
   /** Memory for rings and buffers; call once, before setting up queues. */
   allocateMemory(bytes: number): DmaRegion;
   /**

@@ -21,11 +21,15 @@ export const HIPRIO_QUEUE = 0;
 
 /**
  * Bytes per slot: 12 KiB of headers (request header, arguments, names;
- * reply header and fixed reply struct) then 1 MiB of data, FUSE's 256 pages.
- * Slots are page-aligned in device memory, so a slot's data area is too:
- * O_DIRECT I/O on the device side needs aligned buffers.
+ * reply header and fixed reply struct) then the data area. Slots are
+ * page-aligned in device memory, so a slot's data area is too: O_DIRECT I/O on
+ * the device side needs aligned buffers.
  */
-export const SLOT_SIZE = 12 * 1024 + 256 * 4096;
+export const SLOT_HEADERS = 12 * 1024;
+/** Data area where memory is contiguous: FUSE's 256 pages. */
+const LARGE_SLOT = SLOT_HEADERS + 256 * 4096;
+/** Where memory is contiguous only per chunk (2 MiB hugepages): slots that tile it. */
+const CHUNKED_SLOT = 256 * 1024;
 const PAGE = 4096;
 
 export interface DeviceOptions {
@@ -58,6 +62,8 @@ interface Pending {
 
 export class VirtioFsDevice {
   readonly requestQueueCount: number;
+  /** Bytes of data one request can carry (a slot's data area). */
+  readonly dataRoom: number;
   private readonly queues: Virtqueue<number>[] = [];
   private readonly pool: BufferPool;
   private readonly slots: Slot[] = [];
@@ -85,6 +91,9 @@ export class VirtioFsDevice {
   ) {
     this.log = log ?? ((line) => console.error(`virtiofs-client: ${line}`));
     this.requestQueueCount = requestQueues;
+    const chunk = transport.dmaChunkBytes;
+    const slotSize = chunk ? CHUNKED_SLOT : LARGE_SLOT;
+    this.dataRoom = slotSize - SLOT_HEADERS;
     let offset = 0;
     const queueOptions = { features, maxIndirectSegments: 4 };
     const queueBytes = Virtqueue.bytesNeeded(queueSize, queueOptions);
@@ -93,7 +102,8 @@ export class VirtioFsDevice {
       this.queues.push(new Virtqueue<number>({ name, region: memory, offset, size: queueSize, ...queueOptions }));
       offset += align(queueBytes, PAGE);
     }
-    this.pool = new BufferPool({ region: memory, offset, slotSize: SLOT_SIZE, slotCount: maxInFlight });
+    // Slots start on a chunk boundary and tile it, so none straddles one.
+    this.pool = new BufferPool({ region: memory, offset: align(offset, chunk ?? PAGE), slotSize, slotCount: maxInFlight });
     for (let i = 0; i < maxInFlight; i++) {
       const bytes = this.pool.slotBytes(i);
       this.slots.push({ index: i, bytes, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength) });
@@ -121,7 +131,12 @@ export class VirtioFsDevice {
     const maxInFlight = Math.min(options.maxInFlight ?? 64, Math.floor(queueSize / 4));
 
     const queueBytes = align(Virtqueue.bytesNeeded(queueSize, { features, maxIndirectSegments: 4 }), PAGE);
-    const memory = transport.allocateMemory((requestQueues + 1) * queueBytes + maxInFlight * SLOT_SIZE);
+    const chunk = transport.dmaChunkBytes;
+    if (chunk && (queueBytes > chunk || chunk % CHUNKED_SLOT !== 0)) {
+      throw new TransportError(`${transport.description}: DMA chunks of ${chunk} bytes cannot hold the rings and slots`, 'EINVAL');
+    }
+    const ringsBytes = align((requestQueues + 1) * queueBytes, chunk ?? PAGE);
+    const memory = transport.allocateMemory(ringsBytes + maxInFlight * (chunk ? CHUNKED_SLOT : LARGE_SLOT));
     const device = new VirtioFsDevice(transport, memory, features, queueSize, requestQueues, maxInFlight, options.busyPoll ?? false, options.log);
     transport.onFailure((error) => device.fail(error));
     for (const [i, q] of device.queues.entries()) {

@@ -10,7 +10,7 @@ import { EventFd } from '../../../ffi/event-fd.ts';
 import { sharedPoller } from '../../../ffi/poller.ts';
 import { SharedMemory } from '../../../ffi/shared-memory.ts';
 import { UnixSocket } from '../../../ffi/unix-socket.ts';
-import type { Struct } from '../../protocol/struct.ts';
+import type { Struct } from '../../../ffi/struct.ts';
 import { TransportError, type QueueAddresses, type VirtioFsConfig, type VirtioTransport } from '../transport.ts';
 import {
   HeaderFlag,

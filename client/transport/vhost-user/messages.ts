@@ -3,7 +3,7 @@
  * header then a payload; file descriptors travel beside it as SCM_RIGHTS.
  * Only the messages a virtio-fs frontend sends are declared.
  */
-import { struct } from '../../protocol/struct.ts';
+import { struct } from '../../../ffi/struct.ts';
 
 export const Request = {
   GET_FEATURES: 1,

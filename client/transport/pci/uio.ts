@@ -1,0 +1,123 @@
+/**
+ * A PCI function bound to uio_pci_generic: config space through sysfs, BARs
+ * by mmap of sysfs `resourceN` (UIO itself maps none for this driver), DMA
+ * from hugepages by physical address, and the legacy interrupt through
+ * /dev/uioN (re-enabled after each one by writing 1 to it).
+ */
+import { closeSync, existsSync, openSync, readSync, readdirSync, readlinkSync, statSync, writeSync } from 'node:fs';
+import { basename } from 'node:path';
+import type { DmaRegion } from '../../../ffi/dma.ts';
+import { HugepageMemory, HUGEPAGE_BYTES } from '../../../ffi/hugepage-memory.ts';
+import { mmap, munmap, viewMemory } from '../../../ffi/libc.ts';
+import { Mmio } from '../../../ffi/mmio.ts';
+import { sharedPoller } from '../../../ffi/poller.ts';
+import { TransportError } from '../transport.ts';
+import type { InterruptMode, PciFunction } from './pci-function.ts';
+
+const PROT_READ_WRITE = 0x3;
+const MAP_SHARED = 0x01;
+const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+
+/** 'uio0' or a BDF -> the BDF and its uio device name. */
+function resolveUio(name: string): { address: string; uio: string } {
+  if (BDF.test(name)) {
+    const dir = `/sys/bus/pci/devices/${name}/uio`;
+    const uio = existsSync(dir) ? readdirSync(dir)[0] : undefined;
+    if (!uio) throw new TransportError(`${name} is not bound to uio_pci_generic (virtiofs-client bind ${name} uio_pci_generic)`, 'ENODEV');
+    return { address: name, uio };
+  }
+  if (!existsSync(`/sys/class/uio/${name}`)) throw new TransportError(`no UIO device ${name} (see virtiofs-client devices)`, 'ENOENT');
+  return { address: basename(readlinkSync(`/sys/class/uio/${name}/device`)), uio: name };
+}
+
+export class UioFunction implements PciFunction {
+  readonly description = 'uio';
+  readonly address: string;
+  readonly dmaChunkBytes = HUGEPAGE_BYTES;
+  private readonly config: number;
+  private readonly uio: number;
+  private readonly mapped: { address: bigint; size: number }[] = [];
+  private memory: HugepageMemory | undefined;
+  private watching = false;
+
+  constructor(name: string) {
+    const { address, uio } = resolveUio(name);
+    this.address = address;
+    this.config = openSync(`/sys/bus/pci/devices/${address}/config`, 'r+');
+    this.uio = openSync(`/dev/${uio}`, 'r+');
+  }
+
+  configRead(offset: number, width: 1 | 2 | 4): number {
+    const buf = Buffer.alloc(width);
+    readSync(this.config, buf, 0, width, offset);
+    return width === 1 ? buf.readUInt8() : width === 2 ? buf.readUInt16LE() : buf.readUInt32LE();
+  }
+
+  configWrite(offset: number, width: 1 | 2 | 4, value: number): void {
+    const buf = Buffer.alloc(width);
+    if (width === 1) buf.writeUInt8(value);
+    else if (width === 2) buf.writeUInt16LE(value);
+    else buf.writeUInt32LE(value >>> 0);
+    writeSync(this.config, buf, 0, width, offset);
+  }
+
+  bar(index: number): Mmio {
+    const path = `/sys/bus/pci/devices/${this.address}/resource${index}`;
+    if (!existsSync(path)) throw new TransportError(`${this.address}: BAR${index} not implemented`, 'EINVAL');
+    const size = statSync(path).size;
+    const fd = openSync(path, 'r+');
+    try {
+      const address = mmap(size, PROT_READ_WRITE, MAP_SHARED, fd);
+      this.mapped.push({ address, size });
+      return new Mmio(viewMemory(address, size), size, `BAR${index} of ${this.address}`);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  allocateDma(bytes: number): DmaRegion {
+    this.memory = new HugepageMemory(bytes);
+    return this.memory;
+  }
+
+  enableInterrupts(_vectors: number, onInterrupt: (vector: number) => void): InterruptMode {
+    const count = Buffer.alloc(4);
+    const enable = Buffer.alloc(4);
+    enable.writeUInt32LE(1);
+    this.watching = true;
+    sharedPoller().watch(this.uio, 'readable', () => {
+      readSync(this.uio, count, 0, 4, null);
+      onInterrupt(-1);
+      // uio_pci_generic masked INTx when it fired; the ISR read above lowered the line.
+      writeSync(this.uio, enable);
+    });
+    writeSync(this.uio, enable);
+    return 'intx';
+  }
+
+  reset(): void {
+    const path = `/sys/bus/pci/devices/${this.address}/reset`;
+    if (!existsSync(path)) return;
+    const fd = openSync(path, 'w');
+    try {
+      writeSync(fd, '1');
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  close(): void {
+    if (this.watching) sharedPoller().unwatch(this.uio);
+    this.watching = false;
+    for (const m of this.mapped.splice(0)) munmap(m.address, m.size);
+    this.memory?.close();
+    this.memory = undefined;
+    for (const fd of [this.uio, this.config]) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
+  }
+}
