@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as protocol from '../../client/protocol/index.ts';
-import { Struct } from '../../client/protocol/struct.ts';
+import { Struct } from '../../ffi/struct.ts';
 
 const HEADER = '/usr/include/linux/fuse.h';
 
