@@ -1,13 +1,14 @@
 import type { Command } from './command.ts';
 import { UsageError } from './command.ts';
 import { archCommand } from './arch.ts';
+import { checkCommand } from './check.ts';
 import { demoCommand } from './demo.ts';
 import { bindCommand, devicesCommand } from './devices.ts';
 import { mountCommand } from './mount.ts';
 import { statusCommand } from './status.ts';
 import { unmountCommand } from './unmount.ts';
 
-const commands: readonly Command[] = [mountCommand, statusCommand, unmountCommand, devicesCommand, bindCommand, demoCommand, archCommand];
+const commands: readonly Command[] = [mountCommand, statusCommand, unmountCommand, checkCommand, devicesCommand, bindCommand, demoCommand, archCommand];
 
 function overview(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
