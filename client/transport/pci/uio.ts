@@ -12,6 +12,7 @@ import { mmap, munmap, viewMemory } from '../../../ffi/libc.ts';
 import { Mmio } from '../../../ffi/mmio.ts';
 import { sharedPoller } from '../../../ffi/poller.ts';
 import { TransportError } from '../transport.ts';
+import { readConfig, writeConfig } from './config-file.ts';
 import type { InterruptMode, PciFunction } from './pci-function.ts';
 
 const PROT_READ_WRITE = 0x3;
@@ -48,17 +49,11 @@ export class UioFunction implements PciFunction {
   }
 
   configRead(offset: number, width: 1 | 2 | 4): number {
-    const buf = Buffer.alloc(width);
-    readSync(this.config, buf, 0, width, offset);
-    return width === 1 ? buf.readUInt8() : width === 2 ? buf.readUInt16LE() : buf.readUInt32LE();
+    return readConfig(this.config, offset, width);
   }
 
   configWrite(offset: number, width: 1 | 2 | 4, value: number): void {
-    const buf = Buffer.alloc(width);
-    if (width === 1) buf.writeUInt8(value);
-    else if (width === 2) buf.writeUInt16LE(value);
-    else buf.writeUInt32LE(value >>> 0);
-    writeSync(this.config, buf, 0, width, offset);
+    writeConfig(this.config, offset, width, value);
   }
 
   bar(index: number): Mmio {

@@ -4,7 +4,7 @@
  * IOMMU (type1) or used by physical address (no-IOMMU); MSI-X vectors wired to
  * eventfds, INTx as the fallback, polling as the last resort.
  */
-import { closeSync, existsSync, openSync, readSync, readlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readlinkSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { DmaRegion } from '../../../ffi/dma.ts';
 import { ErrnoError, isErrnoError } from '../../../ffi/errno.ts';
@@ -17,6 +17,7 @@ import { sharedPoller } from '../../../ffi/poller.ts';
 import type { Struct } from '../../../ffi/struct.ts';
 import * as v from '../../../ffi/vfio.ts';
 import { TransportError } from '../transport.ts';
+import { readConfig, writeConfig } from './config-file.ts';
 import type { InterruptMode, PciFunction } from './pci-function.ts';
 
 const PROT_READ_WRITE = 0x3;
@@ -90,19 +91,11 @@ export class VfioFunction implements PciFunction {
   }
 
   configRead(offset: number, width: 1 | 2 | 4): number {
-    const buf = Buffer.alloc(width);
-    if (readSync(this.device, buf, 0, width, this.configOffset() + offset) !== width) {
-      throw new TransportError(`${this.address}: short config read at 0x${offset.toString(16)}`, 'EIO');
-    }
-    return width === 1 ? buf.readUInt8() : width === 2 ? buf.readUInt16LE() : buf.readUInt32LE();
+    return readConfig(this.device, this.configOffset() + offset, width);
   }
 
   configWrite(offset: number, width: 1 | 2 | 4, value: number): void {
-    const buf = Buffer.alloc(width);
-    if (width === 1) buf.writeUInt8(value);
-    else if (width === 2) buf.writeUInt16LE(value);
-    else buf.writeUInt32LE(value >>> 0);
-    writeSync(this.device, buf, 0, width, this.configOffset() + offset);
+    writeConfig(this.device, this.configOffset() + offset, width, value);
   }
 
   bar(index: number): Mmio {

@@ -6,6 +6,7 @@
 import type { DmaRegion } from '../../../ffi/dma.ts';
 import type { Mmio } from '../../../ffi/mmio.ts';
 import { array, struct, type Struct } from '../../../ffi/struct.ts';
+import { FailureLatch } from '../failure-latch.ts';
 import { TransportError, type QueueAddresses, type VirtioFsConfig, type VirtioTransport } from '../transport.ts';
 import { PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type InterruptMode, type PciFunction } from './pci-function.ts';
 import { findVirtioCaps, type VirtioCaps } from './virtio-caps.ts';
@@ -53,12 +54,11 @@ export class VirtioPciTransport implements VirtioTransport {
   private readonly bars = new Map<number, Mmio>();
   private readonly onUsed = new Map<number, () => void>();
   private readonly notifyOffsets = new Map<number, number>();
-  private readonly failureCallbacks: ((e: Error) => void)[] = [];
+  private readonly latch = new FailureLatch();
   private interrupts: InterruptMode = 'polling';
   private interruptsWired = false;
   private pollTimer: NodeJS.Timeout | undefined;
   private healthTimer: NodeJS.Timeout | undefined;
-  private failure: Error | undefined;
   private closed = false;
 
   constructor(private readonly fn: PciFunction) {
@@ -168,8 +168,7 @@ export class VirtioPciTransport implements VirtioTransport {
   }
 
   onFailure(callback: (error: Error) => void): void {
-    if (this.failure) queueMicrotask(() => callback(this.failure!));
-    else this.failureCallbacks.push(callback);
+    this.latch.onFailure(callback);
   }
 
   close(): void {
@@ -212,18 +211,17 @@ export class VirtioPciTransport implements VirtioTransport {
   }
 
   private serviceAll(): void {
-    if (this.failure) return;
+    if (this.latch.failure) return;
     for (const cb of this.onUsed.values()) cb();
   }
 
   private checkHealth(): void {
-    if (this.failure || this.closed) return;
+    if (this.latch.failure || this.closed) return;
     const s = this.status();
     if (s & (Status.DEVICE_NEEDS_RESET | Status.FAILED) || s === 0xff) {
       const what = s === 0xff ? 'device vanished (status reads 0xff)' : s & Status.FAILED ? 'device status FAILED' : 'device needs reset (DEVICE_NEEDS_RESET)';
-      this.failure = new TransportError(`${this.description}: ${what}`, s === 0xff ? 'ENODEV' : 'EIO');
       clearInterval(this.pollTimer);
-      for (const cb of this.failureCallbacks.splice(0)) cb(this.failure);
+      this.latch.fail(new TransportError(`${this.description}: ${what}`, s === 0xff ? 'ENODEV' : 'EIO'));
     }
   }
 

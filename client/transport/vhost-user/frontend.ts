@@ -11,6 +11,7 @@ import { sharedPoller } from '../../../ffi/poller.ts';
 import { SharedMemory } from '../../../ffi/shared-memory.ts';
 import { UnixSocket } from '../../../ffi/unix-socket.ts';
 import type { Struct } from '../../../ffi/struct.ts';
+import { FailureLatch } from '../failure-latch.ts';
 import { TransportError, type QueueAddresses, type VirtioFsConfig, type VirtioTransport } from '../transport.ts';
 import {
   HeaderFlag,
@@ -53,8 +54,7 @@ export class VhostUserTransport implements VirtioTransport {
   private protocolFeatures = 0n;
   private memory: SharedMemory | undefined;
   private readonly queues = new Map<number, QueueFds>();
-  private readonly failureCallbacks: ((e: Error) => void)[] = [];
-  private failure: Error | undefined;
+  private readonly latch = new FailureLatch();
   private closed = false;
 
   private constructor(
@@ -140,7 +140,7 @@ export class VhostUserTransport implements VirtioTransport {
     const poller = sharedPoller();
     poller.watch(fds.call.fd, 'readable', () => {
       fds.call.drain();
-      if (!this.failure) onUsed();
+      if (!this.latch.failure) onUsed();
     });
     poller.watch(fds.err.fd, 'readable', () => {
       fds.err.drain();
@@ -171,8 +171,7 @@ export class VhostUserTransport implements VirtioTransport {
   }
 
   onFailure(callback: (error: Error) => void): void {
-    if (this.failure) queueMicrotask(() => callback(this.failure!));
-    else this.failureCallbacks.push(callback);
+    this.latch.onFailure(callback);
   }
 
   close(): void {
@@ -194,10 +193,8 @@ export class VhostUserTransport implements VirtioTransport {
   }
 
   private fail(error: Error): void {
-    if (this.failure || this.closed) return;
-    this.failure = error;
+    if (this.closed || !this.latch.fail(error)) return;
     sharedPoller().unwatch(this.socket.fd);
-    for (const cb of this.failureCallbacks.splice(0)) cb(error);
   }
 
   // --- messages ---------------------------------------------------------------
