@@ -194,7 +194,8 @@ export class FuseSession {
       }
       const readable = [REQUEST_AT, written, DATA_AT, data?.length ?? 0];
       if (options.hiprio) {
-        await this.device.submit(slot, true, readable, NOTHING);
+        // A device may answer an INTERRUPT (EAGAIN: not yet); QEMU 7.2's virtiofsd crashes if it has no room to.
+        await this.device.submit(slot, true, readable, opcode === 'INTERRUPT' ? [REPLY_AT, fuse_out_header.size] : NOTHING);
         return undefined as T;
       }
       const room = replyRoom(Opcode[opcode], options.requestedSize);
