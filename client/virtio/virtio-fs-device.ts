@@ -235,7 +235,6 @@ export class VirtioFsDevice {
   fail(error: Error): void {
     if (this.failure) return;
     this.failure = error;
-    if (this.inFlight > 0 || this.slotWaiters.length > 0) this.log(`device failed: ${error.message}`);
     for (const q of this.queues) q.failAll(error.message, (index) => this.settle(index, error));
     for (const w of this.slotWaiters.splice(0)) w(error);
     for (const listener of this.failureListeners.splice(0)) listener(error);

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Virtiofsd } from '../../client/backends/virtiofsd.ts';
+import { controlSocketPath, logPath } from '../../client/frontend/control.ts';
 import { mountsAt } from '../../client/frontend/fuse-mount.ts';
 import { requireRoot } from '../helpers/virtiofsd.ts';
 
@@ -25,6 +26,8 @@ async function withDaemon(fn: (d: Virtiofsd, work: string) => Promise<void>): Pr
     cli('unmount', join(work, 'mnt'));
     await d.stop();
     rmSync(work, { recursive: true, force: true });
+    rmSync(logPath(join(work, 'mnt')), { force: true });
+    rmSync(controlSocketPath(join(work, 'mnt')), { force: true });
   }
 }
 
