@@ -2,7 +2,7 @@
  * A PCI function bound to uio_pci_generic: config space through sysfs, BARs
  * by mmap of sysfs `resourceN` (UIO itself maps none for this driver), DMA
  * from hugepages by physical address, and the legacy interrupt through
- * /dev/uioN (re-enabled after each one by writing 1 to it).
+ * /dev/uioN (unmasked in PCI_COMMAND after each one).
  */
 import { closeSync, existsSync, openSync, readSync, readdirSync, readlinkSync, statSync, writeSync } from 'node:fs';
 import { basename } from 'node:path';
@@ -13,7 +13,7 @@ import { Mmio } from '../../../ffi/mmio.ts';
 import { sharedPoller } from '../../../ffi/poller.ts';
 import { TransportError } from '../transport.ts';
 import { readConfig, writeConfig } from './config-file.ts';
-import type { InterruptMode, PciFunction } from './pci-function.ts';
+import { PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, type InterruptMode, type PciFunction } from './pci-function.ts';
 
 const PROT_READ_WRITE = 0x3;
 const MAP_SHARED = 0x01;
@@ -77,16 +77,14 @@ export class UioFunction implements PciFunction {
 
   enableInterrupts(_vectors: number, onInterrupt: (vector: number) => void): InterruptMode {
     const count = Buffer.alloc(4);
-    const enable = Buffer.alloc(4);
-    enable.writeUInt32LE(1);
     this.watching = true;
     sharedPoller().watch(this.uio, 'readable', () => {
       readSync(this.uio, count, 0, 4, null);
       onInterrupt(-1);
-      // uio_pci_generic masked INTx when it fired; the ISR read above lowered the line.
-      writeSync(this.uio, enable);
+      // uio_pci_generic masks INTx (PCI_COMMAND's INTx-disable bit) when it fires and has no
+      // irqcontrol to undo that: once the ISR read above lowered the line, unmask it ourselves.
+      this.configWrite(PCI_COMMAND, 2, this.configRead(PCI_COMMAND, 2) & ~PCI_COMMAND_INTX_DISABLE);
     });
-    writeSync(this.uio, enable);
     return 'intx';
   }
 

@@ -63,6 +63,8 @@ export class VirtioPciTransport implements VirtioTransport {
 
   constructor(private readonly fn: PciFunction) {
     this.description = `${fn.description}:${fn.address}`;
+    // Whatever a previous driver left behind: function-level reset where offered, then the virtio reset below.
+    fn.reset();
     // Neither vfio-pci nor uio_pci_generic turns these on: without them the device can neither be reached nor DMA.
     const command = fn.configRead(PCI_COMMAND, 2);
     fn.configWrite(PCI_COMMAND, 2, command | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
@@ -178,6 +180,7 @@ export class VirtioPciTransport implements VirtioTransport {
     clearInterval(this.healthTimer);
     try {
       this.reset();
+      this.fn.reset();
     } catch {
       // the device may already be gone
     }
