@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # One-time, idempotent machine set-up for virtiofs-client.
-#   bash scripts/setup.sh              what the demo and the CLI need
-#   bash scripts/setup.sh --for-tests  plus what the test suite compares against
-# Installs Debian packages only when they are missing (needs root then), and
-# node_modules only when package-lock.json changed since the last install.
+#   bash scripts/setup.sh                what the demo and the CLI need
+#   bash scripts/setup.sh --for-tests    everything the test suite uses (implies --for-vm, --for-foreign)
+#   bash scripts/setup.sh --for-bench    plus what bench/mount.ts runs and builds
+#   bash scripts/setup.sh --for-vm       plus what the QEMU guest harness builds and boots
+#   bash scripts/setup.sh --for-foreign  plus what scripts/foreign/build.sh needs
+# Flags combine. Installs Debian packages only when they are missing (needs root
+# then), and node_modules only when package-lock.json changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for_tests=0
-[[ "${1:-}" == "--for-tests" ]] && for_tests=1
+for_tests=0 for_bench=0 for_vm=0 for_foreign=0
+for a in "$@"; do
+  case $a in
+    --for-tests) for_tests=1 for_vm=1 for_foreign=1 ;;
+    --for-bench) for_bench=1 ;;
+    --for-vm) for_vm=1 ;;
+    --for-foreign) for_foreign=1 ;;
+    *) printf 'setup: unknown option %s\n' "$a" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -23,12 +34,42 @@ needed=(libfuse2 fuse3 qemu-system-common)
 if (( for_tests )); then
   why[gcc]="cc and cpp: tests compile <linux/fuse.h> and preprocess each architecture's headers"
   why[python3]="the tests read xattrs of the shared directory with os.getxattr"
-  needed+=(gcc python3)
+  why[git]="the mount tests run git init/commit/fsck inside a mounted directory"
+  needed+=(gcc python3 git)
   # Every Linux architecture's uapi headers: the ground truth the arch tables are tested against.
   for a in amd64 i386 arm64 armhf alpha hppa m68k mips64el mipsel powerpc ppc64el riscv64 s390x sparc64; do
     why[linux-libc-dev-$a-cross]="$a's real fcntl.h/errno.h, compared with client/arch tables by the tests"
     needed+=("linux-libc-dev-$a-cross")
   done
+fi
+
+if (( for_bench )); then
+  why[fio]="the I/O workloads of bench/mount.ts (sequential and random read/write)"
+  why[libfuse3-dev]="passthrough_ll.c and fuse3.pc: bench/mount.ts builds libfuse's C passthrough as its FUSE baseline"
+  why[pkg-config]="pkg-config fuse3 --cflags --libs, to build that passthrough"
+  why[gcc]="compiles libfuse's passthrough_ll.c at bench time"
+  needed+=(fio libfuse3-dev pkg-config gcc)
+fi
+
+if (( for_vm )); then
+  # scripts/vm/build.sh and test/helpers/vm.ts; the kernel, headers and sources come from apt-get download.
+  why[qemu-system-x86]="qemu-system-x86_64: the test guest with a vhost-user-fs-pci device (TCG)"
+  why[busybox-static]="the guest initramfs: a static sh, mount, insmod, switch_root, and cpio to pack it"
+  why[kmod]="depmod -b and modprobe -d: the guest kernel's module tree, extracted outside /lib/modules"
+  why[python3]="its lzma module takes the uncompressed vmlinux out of Debian's vmlinuz"
+  why[xz-utils]="unpacks drivers/vfio from linux-source's tar.xz"
+  why[make]="kbuild: builds the no-IOMMU vfio.ko out of tree"
+  why[gcc-12]="the compiler Debian's linux-headers name (CC = gcc-12), for that vfio.ko"
+  needed+=(qemu-system-x86 busybox-static kmod python3 xz-utils make gcc-12)
+fi
+
+# Foreign-architecture devices (scripts/foreign/build.sh; test/e2e/foreign-devices.test.ts runs them too).
+if (( for_foreign )); then
+  why[qemu-user-static]="qemu-aarch64/ppc64le/mips64el-static: run Debian's arm64, ppc64el and mips64el virtiofsd on this machine"
+  why[binutils-aarch64-linux-gnu]="assembles and links the no-op libseccomp stub for the arm64 virtiofsd (qemu-user has no seccomp)"
+  why[binutils-powerpc64le-linux-gnu]="assembles and links the no-op libseccomp stub for the ppc64el virtiofsd"
+  why[binutils-mips64el-linux-gnuabi64]="assembles and links the no-op libseccomp stub for the mips64el virtiofsd"
+  needed+=(qemu-user-static binutils-aarch64-linux-gnu binutils-powerpc64le-linux-gnu binutils-mips64el-linux-gnuabi64)
 fi
 
 missing=()
