@@ -29,6 +29,7 @@ import {
   type RequestBody,
   type SupportedOpcode,
 } from '../protocol/index.ts';
+import { TransportError } from '../transport/transport.ts';
 import type { Slot, VirtioFsDevice } from '../virtio/virtio-fs-device.ts';
 import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM } from './slot-layout.ts';
 import { archOffer, describeArchMode, wireEncoding, type ArchMode } from './arch-mode.ts';
@@ -201,7 +202,18 @@ export class FuseSession {
       const room = replyRoom(Opcode[opcode], options.requestedSize);
       if (room.data > this.device.dataRoom) throw new RangeError(`${opcode}: asks for ${room.data} bytes, more than ${this.device.dataRoom}`);
       const writable = [REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data];
-      const usedLen = await this.submitWithTimeout(slot, opcode, unique, readable, writable, () => (owned = false));
+      let usedLen: number;
+      try {
+        usedLen = await this.submitWithTimeout(slot, opcode, unique, readable, writable, () => (owned = false));
+      } catch (e) {
+        // The virtqueue refused this request's used entry (len beyond its writable bytes): a malformed reply to
+        // this request alone. A dead device rejects with its failure itself, which passes through.
+        if (e instanceof TransportError && e.code === 'EIO' && e !== this.device.failed) {
+          this.log(`malformed reply: ${opcode}: virtq_used_elem.len: ${e.message} (unique ${unique}); failing the request with EIO`);
+          throw new ErrnoError(opcode.toLowerCase(), EIO, `malformed reply: ${e.message}`);
+        }
+        throw e;
+      }
       return this.finish(opcode, unique, slot, room, usedLen, options, decode);
     } finally {
       if (owned) this.device.releaseSlot(slot);
