@@ -22,6 +22,23 @@ export const Request = {
   GET_QUEUE_NUM: 17,
   SET_VRING_ENABLE: 18,
   GET_CONFIG: 24,
+  // Not sent by our frontend; named so a backend (examples/reference-device) can log and refuse them.
+  RESET_OWNER: 4,
+  SET_LOG_BASE: 6,
+  SET_LOG_FD: 7,
+  SEND_RARP: 19,
+  NET_SET_MTU: 20,
+  SET_BACKEND_REQ_FD: 21,
+  IOTLB_MSG: 22,
+  SET_VRING_ENDIAN: 23,
+  SET_CONFIG: 25,
+  GET_INFLIGHT_FD: 31,
+  SET_INFLIGHT_FD: 32,
+  GET_MAX_MEM_SLOTS: 36,
+  ADD_MEM_REG: 37,
+  REM_MEM_REG: 38,
+  SET_STATUS: 39,
+  GET_STATUS: 40,
 } as const;
 
 export type RequestName = keyof typeof Request;
@@ -37,6 +54,9 @@ export const HeaderFlag = {
   NEED_REPLY: 0x8,
 } as const;
 
+/** The version bits of the header flags (HeaderFlag.VERSION is the only version). */
+export const HEADER_VERSION_MASK = 0x3;
+
 export const ProtocolFeature = {
   MQ: 1n << 0n,
   LOG_SHMFD: 1n << 1n,
@@ -50,6 +70,8 @@ export const ProtocolFeature = {
 export const VHOST_USER_F_PROTOCOL_FEATURES = 1n << 30n;
 /** SET_VRING_KICK/CALL/ERR payload bit: no fd accompanies the message. */
 export const VRING_NOFD_MASK = 0x100n;
+/** SET_VRING_KICK/CALL/ERR payload: the queue index is in the low byte. */
+export const VRING_IDX_MASK = 0xffn;
 /** A backend's table holds at most this many regions without CONFIGURE_MEM_SLOTS. */
 export const MAX_MEM_REGIONS = 8;
 

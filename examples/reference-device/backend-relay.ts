@@ -1,0 +1,286 @@
+/**
+ * The relay to the backend: the device reaches a real virtio-fs device (a
+ * virtiofsd, possibly of another architecture under qemu-user) as a driver,
+ * with the project's own client stack: transport, VirtioFsDevice (rings and
+ * slots in memory the backend maps), and FuseSession for FUSE_INIT.
+ *
+ * It is client/frontend/relay.ts with the frontend's virtqueue in place of
+ * /dev/fuse: each request is copied from the frontend's buffers into a slot,
+ * its architecture-dependent fields rewritten from the negotiated encoding to
+ * the device's own, sent, and the checked reply handed back with errno and
+ * GETLK's lock type rewritten the other way. Uniques, node ids and file
+ * handles pass through unchanged.
+ */
+import { ArchTranslationError, type Architecture } from '../../client/arch/index.ts';
+import { FuseSession } from '../../client/fuse/session.ts';
+import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM } from '../../client/fuse/slot-layout.ts';
+import { WireTranslation } from '../../client/fuse/wire-translation.ts';
+import { describeReply, describeRequest } from '../../client/frontend/trace.ts';
+import {
+  Opcode,
+  ProtocolError,
+  decodeReplyBody,
+  fuse_getxattr_in,
+  fuse_in_header,
+  fuse_out_header,
+  fuse_read_in,
+  fuse_write_in,
+  messageShape,
+  opcodeName,
+  readReplyHeader,
+  replyRoom,
+} from '../../client/protocol/index.ts';
+import { openTransport } from '../../client/transport/open.ts';
+import { VirtioFsDevice, type Slot } from '../../client/virtio/virtio-fs-device.ts';
+import { NOT_RELAYED, type BackendTerms, type ClientInit } from './negotiation.ts';
+
+/** A request as the frontend made it: its bytes are read on demand from the frontend's buffers. */
+export interface FrontendRequest {
+  readonly opcode: number;
+  readonly unique: bigint;
+  /** fuse_in_header.len: every readable byte of the request. */
+  readonly len: number;
+  /** Copies request bytes [from, from + into.length) into `into`. */
+  read(from: number, into: Uint8Array): void;
+  /** Writable bytes the frontend offered for the reply, fuse_out_header included. */
+  readonly replyRoom: number;
+}
+
+/**
+ * Delivers a reply: `parts` concatenated are fuse_out_header (len and error
+ * already in the client's encoding) and the body. Called while the bytes are
+ * still in the backend's buffer, so they are copied once.
+ */
+export type Respond = (parts: readonly Uint8Array[]) => void;
+
+/** Why a request failed in the device itself (not in the backend): an errno name, in no encoding yet. */
+export class DeviceFailure extends Error {
+  override name = 'DeviceFailure';
+  constructor(
+    readonly errnoName: 'EIO' | 'EINVAL' | 'ENOSYS',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const WRITE_HEAD = fuse_in_header.size + fuse_write_in.size;
+
+export interface BackendOptions {
+  log: (line: string) => void;
+  /** One line per request and reply, decoded. */
+  trace?: (line: string) => void;
+}
+
+export class BackendRelay {
+  private session: FuseSession | undefined;
+  /** The frontend's DESTROY went through: the backend session is over. */
+  private destroyed = false;
+  private closing: Promise<void> | undefined;
+  private closeRequested = false;
+
+  private constructor(
+    readonly description: string,
+    private readonly device: VirtioFsDevice,
+    private readonly options: BackendOptions,
+  ) {
+    device.onFailure((error) => {
+      if (!this.closeRequested) options.log(`backend ${description} failed: ${error.message}; every request now fails with EIO`);
+    });
+  }
+
+  /**
+   * Connects to the backend (`vhost-user:<socket>`, or any transport the
+   * client accepts) and starts its queues. FUSE_INIT waits for the
+   * frontend's, whose flags and minor it carries.
+   */
+  static open(spec: string, options: BackendOptions): BackendRelay {
+    const transport = openTransport(spec);
+    try {
+      return new BackendRelay(transport.description, VirtioFsDevice.open(transport, { log: options.log }), options);
+    } catch (error) {
+      transport.close();
+      throw error;
+    }
+  }
+
+  get failed(): Error | undefined {
+    return this.device.failed;
+  }
+
+  /**
+   * The backend's FUSE_INIT, asking for what the client asked for (less what
+   * the device cannot relay) in the device's own encoding and without arch
+   * bits: the backend is a device of today, the translation is ours.
+   */
+  async init(client: ClientInit, own: Architecture): Promise<BackendTerms> {
+    if (this.session) throw new Error('backend session already initialised');
+    this.session = await FuseSession.open(this.device, {
+      archMode: { kind: 'native' },
+      clientArch: own,
+      initFlags: client.flags & ~NOT_RELAYED,
+      maxMinor: client.minor,
+      maxReadahead: client.maxReadahead,
+      log: this.options.log,
+    });
+    const init = this.session.init;
+    return { init, maxWrite: this.session.maxWrite, maxPages: Math.min(init.maxPages, Math.floor(this.device.dataRoom / 4096)) };
+  }
+
+  /** The backend's INIT, once done: for logs. */
+  describe(): string[] {
+    return this.session?.describe() ?? [];
+  }
+
+  /**
+   * Forwards one request that expects a reply and delivers the reply through
+   * `respond`. Throws DeviceFailure when the device itself cannot carry the
+   * request or the backend's reply; the caller answers with that errno.
+   */
+  async forward(request: FrontendRequest, translation: WireTranslation, respond: Respond): Promise<void> {
+    const { opcode, unique, len } = request;
+    const shape = messageShape(opcode);
+    if (!shape || shape.reply.kind === 'none' || opcode === Opcode.INIT) throw new DeviceFailure('ENOSYS', `${opcodeName(opcode)} is not relayed`);
+    const slot = await this.device.acquireSlot().catch((error: Error) => {
+      throw new DeviceFailure('EIO', `backend unavailable: ${error.message}`);
+    });
+    try {
+      const readable = this.copyRequest(request, slot);
+      const requested = requestedSize(opcode, slot.view, request.replyRoom);
+      const room = replyRoom(opcode, requested);
+      if (room.data > 0 && readable.length > 2) throw new DeviceFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes leaves no room for reply data`);
+      if (room.data > this.device.dataRoom) throw new DeviceFailure('EIO', `${opcodeName(opcode)}: reply of ${room.data} bytes exceeds the ${this.device.dataRoom}-byte buffers`);
+      const needed = fuse_out_header.size + room.fixed + room.data;
+      if (needed > request.replyRoom) {
+        throw new DeviceFailure('EIO', `${opcodeName(opcode)}: frontend offered ${request.replyRoom} writable bytes, the reply may take ${needed}`);
+      }
+      if (WireTranslation.translatesRequest(opcode) && len < fuse_in_header.size + shape.arg!.size) {
+        throw new DeviceFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes is shorter than its ${shape.arg!.name}`);
+      }
+      this.options.trace?.(describeRequest(slot.view, Math.min(len, REQUEST_ROOM), translation));
+      try {
+        translation.request(opcode, slot.view, REQUEST_AT + fuse_in_header.size);
+      } catch (error) {
+        if (!(error instanceof ArchTranslationError)) throw error;
+        throw new DeviceFailure('EINVAL', `${opcodeName(opcode)} unique ${unique}: not sent: ${error.message}`);
+      }
+      const usedLen = await this.device.submit(slot, false, readable, [REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data]).catch((error: Error) => {
+        throw new DeviceFailure('EIO', `backend: ${error.message}`);
+      });
+      this.reply(slot, opcode, unique, usedLen, room.fixed, room.data, requested, translation, respond);
+      if (opcode === Opcode.DESTROY) this.destroyed = true;
+    } finally {
+      this.device.releaseSlot(slot);
+    }
+  }
+
+  /** FORGET and BATCH_FORGET: to the backend's hiprio queue; nothing comes back. */
+  async forwardNoReply(request: FrontendRequest): Promise<void> {
+    const slot = await this.device.acquireSlot().catch((error: Error) => {
+      throw new DeviceFailure('EIO', `backend unavailable: ${error.message}`);
+    });
+    try {
+      const readable = this.copyRequest(request, slot);
+      this.options.trace?.(`-> ${opcodeName(request.opcode)} unique ${request.unique} len ${request.len} (hiprio, no reply)`);
+      await this.device.submit(slot, true, readable, []);
+    } finally {
+      this.device.releaseSlot(slot);
+    }
+  }
+
+  /** Ends the backend session: DESTROY (unless the frontend's went through already), then the connection. */
+  close(): Promise<void> {
+    this.closeRequested = true;
+    this.closing ??= (async () => {
+      if (this.session && !this.destroyed) await this.session.close();
+      else this.device.close();
+    })();
+    return this.closing;
+  }
+
+  /**
+   * Copies the request into the slot and returns the device-readable
+   * segments: a WRITE's data in its own page-aligned buffer, the slot's data
+   * area (a backend doing O_DIRECT I/O on it needs the alignment; the kernel's
+   * virtio_fs driver lays WRITEs out the same way), anything else at REQUEST_AT, with a
+   * long tail (a large SETXATTR value) in the data area, which forward()
+   * then refuses if the reply needs that area too.
+   */
+  private copyRequest(request: FrontendRequest, slot: Slot): number[] {
+    const { opcode, len } = request;
+    let head: number;
+    if (opcode === Opcode.WRITE) {
+      if (len < WRITE_HEAD) throw new DeviceFailure('EIO', `WRITE of ${len} bytes is shorter than its headers`);
+      head = WRITE_HEAD;
+    } else {
+      head = Math.min(len, REQUEST_ROOM);
+    }
+    const tail = len - head;
+    if (tail > this.device.dataRoom) throw new DeviceFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes exceeds the device's buffers`);
+    request.read(0, slot.bytes.subarray(REQUEST_AT, REQUEST_AT + head));
+    if (tail > 0) request.read(head, slot.bytes.subarray(DATA_AT, DATA_AT + tail));
+    return tail > 0 ? [REQUEST_AT, head, DATA_AT, tail] : [REQUEST_AT, head];
+  }
+
+  /** Checks the backend's reply, translates it to the client's encoding and delivers it. */
+  private reply(
+    slot: Slot,
+    opcode: number,
+    unique: bigint,
+    usedLen: number,
+    fixed: number,
+    data: number,
+    requested: number | undefined,
+    translation: WireTranslation,
+    respond: Respond,
+  ): void {
+    const view = slot.view;
+    try {
+      const header = readReplyHeader(opcode, view, REPLY_AT, Math.min(usedLen, fuse_out_header.size + fixed + data));
+      if (header.unique !== unique) {
+        throw new ProtocolError(opcode, 'fuse_out_header.unique', `reply for unique ${header.unique}, request was ${unique}`);
+      }
+      const head = slot.bytes.subarray(REPLY_AT, REPLY_AT + fuse_out_header.size);
+      if (header.errno !== 0) {
+        const errno = translation.errno(header.errno);
+        view.setInt32(REPLY_AT + fuse_out_header.offsetOf('error'), -errno, true);
+        this.options.trace?.(`<- ${opcodeName(opcode)} unique ${unique}: errno ${header.errno} (${translation.wire.name}) -> ${errno} (${translation.client.name})`);
+        respond([head]);
+        return;
+      }
+      const bodyLen = header.len - fuse_out_header.size;
+      const bodyAt = data > 0 ? DATA_AT : REPLY_AT + fuse_out_header.size;
+      decodeReplyBody(opcode, view, bodyAt, bodyLen, { requestedSize: requested });
+      translation.reply(opcode, view, bodyAt);
+      this.options.trace?.(describeReply(opcode, unique, bodyLen));
+      respond([head, slot.bytes.subarray(bodyAt, bodyAt + bodyLen)]);
+    } catch (error) {
+      if (error instanceof ProtocolError || error instanceof ArchTranslationError) {
+        throw new DeviceFailure('EIO', `malformed reply from the backend: ${error.message} (unique ${unique})`);
+      }
+      throw error;
+    }
+  }
+}
+
+/**
+ * The size the request asks the reply to fit in, for the opcodes whose
+ * replies carry data. READLINK states none: the frontend's buffer is the
+ * limit (the kernel offers a page, this client 4095 bytes).
+ */
+function requestedSize(opcode: number, view: DataView, frontendRoom: number): number | undefined {
+  const args = REQUEST_AT + fuse_in_header.size;
+  switch (opcode) {
+    case Opcode.READ:
+    case Opcode.READDIR:
+    case Opcode.READDIRPLUS:
+      return fuse_read_in.get(view, args, 'size');
+    case Opcode.GETXATTR:
+    case Opcode.LISTXATTR:
+      return fuse_getxattr_in.get(view, args, 'size');
+    case Opcode.READLINK:
+      return Math.max(0, Math.min(frontendRoom - fuse_out_header.size, 4096));
+    default:
+      return undefined;
+  }
+}
