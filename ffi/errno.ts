@@ -40,9 +40,11 @@ export class ErrnoError extends Error {
   readonly errno: number;
   readonly syscall: string;
 
-  /** `detail` (a path, what was being waited for) is appended to the message. */
-  constructor(syscall: string, errno: number, detail?: string) {
-    const code = errnoName(errno);
+  /**
+   * `detail` (a path, what was being waited for) is appended to the message.
+   * `code` names errno values Node's table lacks (EREMCHG, ...), from a fuller table.
+   */
+  constructor(syscall: string, errno: number, detail?: string, code = errnoName(errno)) {
     const description = strerror(errno) ?? 'Unknown error';
     super(`${syscall}: ${code} (${description})${detail === undefined ? '' : `, ${detail}`}`);
     this.code = code;

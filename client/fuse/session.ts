@@ -5,7 +5,7 @@
  * turning device errors into Node-style errors. One request in, one reply out;
  * what the requests mean is the caller's business.
  */
-import { ArchTranslationError, hostArch, type Architecture } from '../arch/index.ts';
+import { ArchTranslationError, errnoToNodeCode, hostArch, type Architecture } from '../arch/index.ts';
 import { ErrnoError, errnoNumber } from '../../ffi/errno.ts';
 import {
   FUSE_ROOT_ID,
@@ -297,7 +297,10 @@ export class FuseSession {
       if (header.unique !== unique) {
         throw new ProtocolError(op, 'fuse_out_header.unique', `reply for unique ${header.unique}, request was ${unique}`);
       }
-      if (header.errno !== 0) throw new ErrnoError(syscall, this.translation.errno(header.errno), options.detail);
+      if (header.errno !== 0) {
+        const errno = this.translation.errno(header.errno);
+        throw new ErrnoError(syscall, errno, options.detail, errnoToNodeCode(errno, this.clientArch));
+      }
       const bodyLen = header.len - fuse_out_header.size;
       const bodyAt = room.data > 0 ? DATA_AT : REPLY_AT + fuse_out_header.size;
       this.translation.reply(op, slot.view, bodyAt);
