@@ -8,6 +8,7 @@ import { resolveArch } from '../arch/index.ts';
 import { parseArchMode, type ArchMode } from '../fuse/arch-mode.ts';
 import { RUN_DIR, logPath, serveStatus, stopServing } from '../frontend/control.ts';
 import { FuseRelay } from '../frontend/relay.ts';
+import type { FuseNativeFrontend } from '../frontend/fuse-native/frontend.ts';
 import { TRANSPORT_SYNTAX } from '../transport/open.ts';
 import type { Command } from './command.ts';
 import { UsageError } from './command.ts';
@@ -21,6 +22,9 @@ encoding differs between architectures. Needs root.
 
   --transport <t>        ${TRANSPORT_SYNTAX}
                          e.g. vhost-user:/run/vfs.sock (a virtiofsd --socket-path)
+  --frontend <f>         relay (default): the kernel's FUSE requests relayed to the device
+                         fuse-native: libfuse 2's path-based API through fuse-native
+                           (fewer features: see README, Frontends)
   --arch-mode <mode>     auto (default): negotiate in FUSE_INIT; a device that
                            cannot is treated as --device-arch, else as this machine
                          native: no negotiation, this machine's encoding (today's kernels)
@@ -40,6 +44,7 @@ See also: virtiofs-client status, virtiofs-client unmount <mountpoint>.`;
 
 interface MountArgs {
   mountpoint: string;
+  frontend: 'relay' | 'fuse-native';
   transport: string;
   archMode: ArchMode;
   queues: number | undefined;
@@ -65,6 +70,7 @@ function parse(args: string[]): MountArgs {
     allowPositionals: true,
     options: {
       transport: { type: 'string' },
+      frontend: { type: 'string', default: 'relay' },
       'arch-mode': { type: 'string', default: 'auto' },
       'device-arch': { type: 'string' },
       queues: { type: 'string' },
@@ -78,6 +84,9 @@ function parse(args: string[]): MountArgs {
   });
   if (positionals.length !== 1) throw new UsageError('mount takes exactly one mountpoint (try --help)');
   if (!values.transport) throw new UsageError(`--transport is required: ${TRANSPORT_SYNTAX}`);
+  if (values.frontend !== 'relay' && values.frontend !== 'fuse-native') {
+    throw new UsageError(`--frontend is relay or fuse-native, not '${values.frontend}'`);
+  }
   let archMode: ArchMode;
   try {
     archMode = parseArchMode(values['arch-mode']!);
@@ -91,6 +100,7 @@ function parse(args: string[]): MountArgs {
   }
   return {
     mountpoint: positionals[0]!,
+    frontend: values.frontend,
     transport: values.transport,
     archMode,
     queues: positiveInt('queues', values.queues),
@@ -106,9 +116,11 @@ function parse(args: string[]): MountArgs {
 /** Mounts and serves in this process until unmounted; returns the exit status. */
 async function serve(a: MountArgs): Promise<number> {
   const log = (line: string) => console.error(`virtiofs-client: ${line}`);
-  let relay: FuseRelay;
+  let relay: FuseRelay | FuseNativeFrontend;
   try {
-    relay = await FuseRelay.mount({
+    // Loaded only when chosen: fuse-native is a native addon linked against libfuse 2.
+    const Frontend = a.frontend === 'fuse-native' ? (await import('../frontend/fuse-native/frontend.ts')).FuseNativeFrontend : FuseRelay;
+    relay = await Frontend.mount({
       transport: a.transport,
       mountpoint: a.mountpoint,
       archMode: a.archMode,

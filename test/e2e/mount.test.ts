@@ -6,12 +6,15 @@
 import test, { type ExecutionContext } from 'ava';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FRONTENDS, waitFor, withMount, processAlive, type MountFixture, type MountFixtureOptions } from '../helpers/mount-fixture.ts';
+import { FRONTENDS, expectLimitation, knownLimitation, waitFor, withMount, processAlive, type MountFixture, type MountFixtureOptions } from '../helpers/mount-fixture.ts';
 import { mountsAt } from '../../client/frontend/fuse-mount.ts';
 
 function mountTest(title: string, options: MountFixtureOptions, fn: (t: ExecutionContext, m: MountFixture) => Promise<void> | void): void {
   for (const frontend of FRONTENDS) {
-    test.serial(`${frontend}: ${title}`, (t) => withMount(t, frontend, options, (m) => fn(t, m)));
+    const run = (t: ExecutionContext) => withMount(t, frontend, options, (m) => fn(t, m));
+    const known = knownLimitation(frontend, title);
+    if (known) test.serial(`${frontend}: ${title} [known limitation]`, (t) => expectLimitation(t, known, run));
+    else test.serial(`${frontend}: ${title}`, run);
   }
 }
 

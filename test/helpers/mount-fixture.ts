@@ -18,13 +18,91 @@ import { mountsAt, unmount } from '../../client/frontend/fuse-mount.ts';
 import { requireRoot } from './virtiofsd.ts';
 
 /** Every frontend the mount suite runs against; each test is registered once per entry. */
-export const FRONTENDS = ['relay'] as const;
+export const FRONTENDS = ['relay', 'fuse-native'] as const;
 export type Frontend = (typeof FRONTENDS)[number];
 
 /** What `virtiofs-client mount` needs to select each frontend. */
 const FRONTEND_ARGS: Record<Frontend, string[]> = {
   relay: [],
+  'fuse-native': ['--frontend', 'fuse-native'],
 };
+
+/**
+ * A test a frontend fails for a documented reason (README, "Frontends"). The
+ * test still runs in full and passes only if it fails as documented: one of
+ * its failures (assertion message and details, or a thrown error) must match
+ * `shows`. A limitation that stops showing fails the test, so the list
+ * cannot go stale, and nothing is skipped.
+ */
+export interface KnownLimitation {
+  reason: string;
+  shows: RegExp;
+}
+
+/** `find -printf %T@` of a time fuse-native carried: milliseconds, then seven zeros (on the mount's side of a diff). */
+const MS_TIMES = /^\s*-\s.*\d\.\d{3}0{7}(\D|$)/m;
+const LOCKS_LOCAL = 'fuse-native has no lock/flock operation: locks are kept by this machine\'s kernel, the device never sees them';
+
+/** Per frontend, by test title (as given to the suite, without the frontend prefix). */
+export const KNOWN_LIMITATIONS: { [F in Frontend]?: Record<string, KnownLimitation> } = {
+  'fuse-native': {
+    'cp -a of a tree with symlinks and hard links into the mount and back out: diff -r clean, links kept': {
+      reason: 'times are milliseconds in fuse-native\'s stat',
+      shows: MS_TIMES,
+    },
+    'tar round trip preserves mtimes (out of the mount and into it)': {
+      reason: 'times are milliseconds in fuse-native\'s stat and utimens',
+      shows: MS_TIMES,
+    },
+    'find and du give the same answers through the mount as on the host': {
+      reason: 'times are milliseconds in fuse-native\'s stat',
+      shows: MS_TIMES,
+    },
+    'flock with virtiofsd -o flock: exclusion between processes, and with the host': {
+      reason: LOCKS_LOCAL,
+      shows: /the lock is held on the device: the host sees it too/,
+    },
+    'fcntl (POSIX) locks with virtiofsd -o posix_lock: ranges, EAGAIN, F_GETLK, seen by the host': {
+      reason: LOCKS_LOCAL,
+      shows: /the lock is held on the device: the host conflicts too/,
+    },
+    'fallocate reserves blocks; a sparse file keeps its hole (SEEK_DATA / SEEK_HOLE)': {
+      reason: 'fuse-native has no fallocate operation (EOPNOTSUPP)',
+      shows: /fallocate failed: Operation not supported/,
+    },
+    'permissions are enforced for an unprivileged user (--allow-other)': {
+      reason: 'fuse-native does not pass the caller\'s uid/gid: the device gets the frontend\'s (root), so new files are root\'s',
+      shows: /a file nobody creates is nobody's on the host[\s\S]*root:root/,
+    },
+  },
+};
+
+export function knownLimitation(frontend: Frontend, title: string): KnownLimitation | undefined {
+  return KNOWN_LIMITATIONS[frontend]?.[title];
+}
+
+/** Runs `test` as an attempt that must fail the way `limitation` says; fails if it passes or fails otherwise. */
+export async function expectLimitation(t: ExecutionContext, limitation: KnownLimitation, test: (t: ExecutionContext) => Promise<void>): Promise<void> {
+  const attempt = await t.try(test);
+  const ansi = /\x1b\[[0-9;]*m/g;
+  const failures = attempt.errors.map((e) => {
+    const error = e as Error & { formattedDetails?: { label: string; formatted: string }[]; cause?: unknown };
+    const details = (error.formattedDetails ?? []).map((d) => `${d.label}\n${d.formatted}`);
+    const cause = error.cause instanceof Error ? [error.cause.message] : [];
+    return [error.message, ...details, ...cause].join('\n').replace(ansi, '');
+  });
+  attempt.discard();
+  for (const line of attempt.logs) t.log(line);
+  if (attempt.passed) {
+    t.fail(`the known limitation no longer shows (${limitation.reason}): the test passes; remove it from KNOWN_LIMITATIONS`);
+    return;
+  }
+  t.true(
+    failures.some((f) => limitation.shows.test(f)),
+    `failed, but not as documented (${limitation.reason}; expected a failure matching ${limitation.shows}):\n${failures.join('\n---\n')}`,
+  );
+  t.log(`known limitation shows: ${limitation.reason}`);
+}
 
 export const CLI = fileURLToPath(new URL('../../bin/virtiofs-client.js', import.meta.url));
 
