@@ -1,0 +1,334 @@
+// Mount-level benchmark: the same directory reached three ways in one run, on
+// the same files: the directory itself (baseline), libfuse's C passthrough_ll
+// (a plain FUSE daemon on /dev/fuse), and our mount (the kernel's FUSE module
+// relayed by virtiofs-client to QEMU's virtiofsd over vhost-user). fio runs
+// the I/O workloads, a timed loop in this process the metadata one. Prints
+// one table with each figure and the ratios ours/passthrough_ll and ours/dir.
+// Run: npm run bench:mount [-- --seconds 5 --size 512 --dir /var/tmp]
+import { execFileSync } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { availableParallelism, loadavg, release, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { Virtiofsd } from '../client/backends/virtiofsd.ts';
+import { Cleanup, runOk } from './lib/cleanup.ts';
+import { runFio, type FioJob } from './lib/fio.ts';
+import { mountOurs, type OurMount } from './lib/our-mount.ts';
+import { buildPassthroughLl, libfuseVersion, mountPassthroughLl } from './lib/passthrough-ll.ts';
+
+const { values } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '5' },
+    size: { type: 'string', default: '512' },
+    dir: { type: 'string', default: tmpdir() },
+    /** Only the workloads whose name contains this. */
+    only: { type: 'string' },
+  },
+});
+const seconds = Number(values.seconds);
+const sizeMiB = Number(values.size);
+if (!(seconds > 0) || !Number.isInteger(sizeMiB) || sizeMiB < 8 || sizeMiB % 4 !== 0) {
+  console.error('usage: bench/mount.ts [--seconds <s>] [--size <MiB, a multiple of 4>] [--dir <parent of the work directory>]');
+  process.exit(2);
+}
+const MiB = 1 << 20;
+const CACHE_DIR = fileURLToPath(new URL('../node_modules/.cache/virtiofs-bench/', import.meta.url));
+/** Files per batch of the metadata loop (create all, stat all, unlink all). */
+const META_BATCH = 200;
+const META_FILE = 4096;
+
+type TargetName = 'dir' | 'passthrough_ll' | 'ours';
+const TARGETS: TargetName[] = ['dir', 'passthrough_ll', 'ours'];
+
+interface Workload {
+  name: string;
+  unit: 'MiB/s' | 'ops/s' | 'files/s';
+  /** Measures one target whose view of the shared directory is `root`. */
+  measure(target: TargetName, root: string): Promise<{ value: number; ios?: number }>;
+}
+
+type Cell = { value: number; ios?: number; requests?: Map<string, number> } | { error: string; relayLog?: string };
+
+const cleanup = new Cleanup();
+cleanup.installHandlers();
+
+function sh(command: string, args: string[]): string {
+  try {
+    return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  } catch (e) {
+    return `(${command}: ${(e as Error).message.split('\n')[0]})`;
+  }
+}
+
+/** Flushes dirty pages of every filesystem (outside any timing). */
+async function sync(): Promise<void> {
+  await runOk(cleanup, 'sync', []);
+}
+
+/** Reads a file through the directory itself, so the host page cache holds all of it. */
+function warm(path: string): void {
+  const fd = openSync(path, 'r');
+  const buffer = Buffer.allocUnsafe(MiB);
+  try {
+    while (readSync(fd, buffer, 0, MiB, null) > 0);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Writes `bytes` of incompressible data to `path` (laid out once, before any mount reads it). */
+function layOut(path: string, bytes: number): void {
+  const chunk = randomFillSync(Buffer.allocUnsafe(16 * MiB));
+  const fd = openSync(path, 'w');
+  try {
+    for (let at = 0; at < bytes; at += chunk.length) {
+      chunk.writeUInt32LE(at / chunk.length, 0); // no two chunks alike
+      writeSync(fd, chunk, 0, Math.min(chunk.length, bytes - at), at);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * create (O_CREAT|O_EXCL) + write 4 KiB + close, then stat, then unlink, in
+ * batches of META_BATCH fresh names, for `seconds`; returns files per second and files.
+ * Synchronous fs calls from this process, the same for every target.
+ */
+async function metadataLoop(dir: string): Promise<{ value: number; ios: number }> {
+  const payload = Buffer.alloc(META_FILE, 0x61);
+  const batch = (tag: string) => {
+    const names = Array.from({ length: META_BATCH }, (_, i) => join(dir, `${tag}-${i}`));
+    for (const n of names) {
+      const fd = openSync(n, 'wx', 0o644);
+      writeSync(fd, payload);
+      closeSync(fd);
+    }
+    for (const n of names) statSync(n);
+    for (const n of names) unlinkSync(n);
+  };
+  batch('warmup');
+  let files = 0;
+  const start = performance.now();
+  const end = start + seconds * 1000;
+  for (let b = 0; performance.now() < end; b++) {
+    cleanup.check();
+    batch(`b${b}`);
+    files += META_BATCH;
+    await new Promise((r) => setImmediate(r)); // let a Ctrl-C in
+  }
+  return { value: files / ((performance.now() - start) / 1000), ios: files };
+}
+
+function fmt(n: number): string {
+  return n.toLocaleString('en-US', { maximumFractionDigits: n >= 100 ? 0 : 1 });
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('bench:mount mounts filesystems: run it as root');
+  for (const tool of ['fio', 'gcc', 'pkg-config']) {
+    if (sh('sh', ['-c', `command -v ${tool} || true`]) === '') throw new Error(`${tool} is missing: run bash scripts/setup.sh --for-bench`);
+  }
+
+  // --- set-up (every step registers its undo with `cleanup`) ---------------------------------------
+  const passthroughLl = await buildPassthroughLl(cleanup, CACHE_DIR);
+  const work = mkdtempSync(join(resolve(values.dir), 'virtiofs-bench-mount-'));
+  cleanup.add(`remove ${work}`, () => {
+    const stillMounted = readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .some((line) => line.split(' ')[4]?.startsWith(work));
+    if (stillMounted) throw new Error(`something is still mounted under ${work}: not removing it (see /proc/self/mountinfo)`);
+    rmSync(work, { recursive: true, force: true });
+  });
+  const data = join(work, 'data');
+  const roots: Record<TargetName, string> = { dir: data, passthrough_ll: join(work, 'mnt-passthrough_ll'), ours: join(work, 'mnt-ours') };
+  for (const d of [data, roots.passthrough_ll, roots.ours, ...TARGETS.map((t) => join(data, `meta-${t}`))]) mkdirSync(d, { recursive: true });
+  const size = sizeMiB * MiB;
+  console.error(`laying out ${sizeMiB} MiB read.dat and write.dat in ${data}...`);
+  layOut(join(data, 'read.dat'), size);
+  layOut(join(data, 'write.dat'), size);
+  await sync();
+
+  const daemon = await Virtiofsd.start({ sharedDir: data, cache: 'auto' });
+  cleanup.add('virtiofsd', () => daemon.stop());
+  let daemonDied: string | undefined;
+  void daemon.exited.then(({ code, signal }) => {
+    if (cleanup.started) return;
+    daemonDied = `virtiofsd (pid ${daemon.pid}) exited during the run: ${signal ? `signal ${signal}` : `status ${code}`}\n${daemon.recentOutput()}`;
+    console.error(daemonDied);
+  });
+  await mountPassthroughLl(cleanup, passthroughLl, data, roots.passthrough_ll, ['cache=auto', 'default_permissions']);
+  const ours: OurMount = await mountOurs(cleanup, daemon.socketPath, roots.ours);
+  for (const t of TARGETS) statSync(join(roots[t], 'read.dat')); // each mount answers
+
+  const env = [
+    `kernel ${release()}`,
+    `${sh(process.env.VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd', ['--version']).split('\n')[0]}, -o cache=auto, sandbox=chroot`,
+    `passthrough_ll (libfuse ${await libfuseVersion(cleanup)}) -o cache=auto, multi-threaded`,
+    sh('fio', ['--version']),
+    `${availableParallelism()} CPUs`,
+    `directory on ${sh('findmnt', ['-n', '-o', 'FSTYPE,SOURCE', '-T', data]).replace(/\s+/, ' ')}`,
+  ];
+
+  // --- workloads ------------------------------------------------------------------------------------
+  // Reads: read.dat sits in the host page cache (read through the directory before each run, never
+  // dropped): every target reads the same cached data, and the figure is the cost of the path to it.
+  // On the two mounts the FUSE-side page cache is what would hide that path: fio's invalidate=1 drops
+  // it (fadvise DONTNEED) at the start and each time a job wraps around the file, so every block of a
+  // pass crosses FUSE. On the directory itself that would drop the backing pages (disk reads), so the
+  // baseline keeps invalidate=0: a page-cache copy.
+  const fio = (job: Omit<FioJob, 'filename' | 'seconds' | 'invalidate'>, file: string, invalidateOnMounts: boolean) =>
+    async (target: TargetName, root: string) => {
+      const r = await runFio(cleanup, { ...job, filename: join(root, file), seconds, invalidate: invalidateOnMounts && target !== 'dir' });
+      return { value: job.bs === '4k' ? r.iops : r.bytesPerSecond / MiB, ios: r.ios };
+    };
+  const reading = (job: Omit<FioJob, 'filename' | 'seconds' | 'invalidate'>) => {
+    const measure = fio(job, 'read.dat', true);
+    return async (target: TargetName, root: string) => {
+      warm(join(data, 'read.dat'));
+      return measure(target, root);
+    };
+  };
+  // Writes: buffered, overwriting write.dat in place (laid out beforehand) for the whole run, with
+  // invalidate=0 everywhere. What reaches the directory lands in the host page cache as dirty pages
+  // (at most the file's size, under the kernel's dirty thresholds), so this measures the write path,
+  // not the disk; `sync` flushes them before and after each run, outside the timing.
+  const writing = (job: Omit<FioJob, 'filename' | 'seconds' | 'invalidate'>) => {
+    const measure = fio(job, 'write.dat', false);
+    return async (target: TargetName, root: string) => {
+      await sync();
+      try {
+        return await measure(target, root);
+      } finally {
+        await sync();
+      }
+    };
+  };
+  const quarter = `${sizeMiB / 4}M`;
+  const workloads: Workload[] = [
+    { name: 'seq read 1 MiB', unit: 'MiB/s', measure: reading({ rw: 'read', bs: '1M', size: `${sizeMiB}M` }) },
+    { name: 'seq write 1 MiB', unit: 'MiB/s', measure: writing({ rw: 'write', bs: '1M', size: `${sizeMiB}M` }) },
+    { name: 'rand read 4 KiB, 1 job', unit: 'ops/s', measure: reading({ rw: 'randread', bs: '4k', size: `${sizeMiB}M` }) },
+    {
+      name: 'rand read 4 KiB, 4 jobs',
+      unit: 'ops/s',
+      measure: reading({ rw: 'randread', bs: '4k', size: quarter, numjobs: 4, offsetIncrement: quarter }),
+    },
+    {
+      name: 'create+stat+unlink 4 KiB',
+      unit: 'files/s',
+      measure: async (target, root) => {
+        await sync();
+        return metadataLoop(join(root, `meta-${target}`));
+      },
+    },
+  ];
+
+  const loadAtStart = loadavg();
+  const chosen = workloads.filter((w) => values.only === undefined || w.name.includes(values.only));
+  if (chosen.length === 0) throw new Error(`no workload name contains '${values.only}': ${workloads.map((w) => w.name).join(', ')}`);
+  const results = new Map<string, Cell>();
+  for (const w of chosen) {
+    for (const t of TARGETS) {
+      cleanup.check();
+      process.stderr.write(`${w.name.padEnd(26)} ${t.padEnd(15)} `);
+      const before = t === 'ours' ? await ours.counts() : undefined;
+      let cell: Cell;
+      try {
+        const { value, ios } = await w.measure(t, roots[t]);
+        cell = { value, ios };
+        if (before) {
+          const after = await ours.counts();
+          cell.requests = new Map([...after].map(([op, n]) => [op, n - (before.get(op) ?? 0)] as const).filter(([, n]) => n > 0));
+        }
+        process.stderr.write(`${fmt(value)} ${w.unit}\n`);
+      } catch (e) {
+        cleanup.check();
+        const message = (e as Error).message.trim();
+        cell = { error: message.split('\n').slice(-1)[0]! };
+        process.stderr.write(`ERROR\n${message}\n`);
+        if (t === 'ours') {
+          cell.relayLog = ours.logTail() + (daemonDied ? `\n${daemonDied}` : '');
+          process.stderr.write(`relay log (${ours.log}), last lines:\n${cell.relayLog}\n`);
+        }
+      }
+      results.set(`${w.name}/${t}`, cell);
+    }
+  }
+
+  // --- report ---------------------------------------------------------------------------------------
+  const show = (c: Cell | undefined) => (c === undefined ? '-' : 'error' in c ? 'ERROR' : fmt(c.value));
+  const ratio = (a: Cell | undefined, b: Cell | undefined) =>
+    a && b && 'value' in a && 'value' in b && b.value > 0 ? (a.value / b.value).toFixed(3) : '-';
+  const header = ['workload', 'unit', 'dir', 'passthrough_ll', 'ours', 'ours/pt_ll', 'ours/dir'];
+  const rows = chosen.map((w) => {
+    const [d, p, o] = TARGETS.map((t) => results.get(`${w.name}/${t}`));
+    return [w.name, w.unit, show(d), show(p), show(o), ratio(o, p), ratio(o, d)];
+  });
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+
+  console.log(`virtiofs-client mount benchmark: ${seconds} s per figure, one run, same files (${sizeMiB} MiB each)`);
+  const load = (l: number[]) => l.map((x) => x.toFixed(2)).join(' ');
+  console.log(`environment: ${env.join('; ')}`);
+  console.log(`load average (1/5/15 min) at the start ${load(loadAtStart)}, at the end ${load(loadavg())}`);
+  if (loadAtStart[0]! > 0.5) {
+    console.log('NOTE: other work was running on this machine when the run started (the end figure includes our own');
+    console.log('      load): the FUSE figures, three processes sharing the CPUs per request, suffer most from that.');
+  }
+  console.log(`ours: ${ours.negotiation.filter((l) => /^FUSE|^max_write/.test(l)).join('; ')}`);
+  console.log('');
+  console.log(line(header));
+  console.log(line(widths.map((w) => '-'.repeat(w))));
+  for (const r of rows) console.log(line(r));
+  console.log('');
+  console.log('How each figure was taken:');
+  console.log('- dir = the directory itself; passthrough_ll = libfuse\'s example daemon on /dev/fuse (-o cache=auto,');
+  console.log('  default_permissions); ours = virtiofs-client mount -> vhost-user -> virtiofsd (-o cache=auto).');
+  console.log('- fio: --ioengine=psync --direct=0 --time_based --runtime=' + seconds + '. Buffered I/O throughout (libaio would');
+  console.log('  be synchronous on buffered files too); "4 jobs" = numjobs=4, each on its own quarter of the file.');
+  console.log('- reads: read.dat is in the HOST page cache (re-read through dir before each run, never dropped);');
+  console.log('  on the two mounts fio invalidate=1 drops the FUSE-side page cache at start and at every wrap, so each');
+  console.log('  block of a pass crosses FUSE; on dir invalidate=0 (else it would read the disk): a page-cache copy.');
+  console.log('  Random reads get fadvise RANDOM (fio default: no readahead) and a random map (each block once a pass).');
+  console.log('- seq write: overwrites write.dat in place, invalidate=0; the data lands in the host page cache as dirty');
+  console.log('  pages (no fsync in the figure); `sync` runs before and after each run, outside the timing.');
+  console.log(`- create+stat+unlink: this Node process, synchronous fs calls, batches of ${META_BATCH} fresh names: open(O_CREAT|O_EXCL),`);
+  console.log(`  write ${META_FILE} bytes, close; stat each; unlink each. One figure = files/s through all three steps.`);
+  console.log('  Both mounts use default_permissions (ours always, as Linux\'s virtio_fs driver does; passthrough_ll is');
+  console.log('  given -o default_permissions to match): the kernel checks permissions from cached attributes and asks');
+  console.log('  for them again (GETATTR) once a create, write or unlink invalidated them; see the counts below.');
+
+  console.log('');
+  console.log('Requests our relay carried during each run (from virtiofs-client status), per fio I/O or per file:');
+  for (const w of chosen) {
+    const c = results.get(`${w.name}/ours`);
+    if (!c || 'error' in c || !c.requests) continue;
+    const top = [...c.requests].sort((a, b) => b[1] - a[1]).slice(0, 7);
+    const what = w.unit === 'files/s' ? 'files (+ a warm-up batch)' : 'fio I/Os';
+    const each = c.ios ? `; ${(top[0]![1] / c.ios).toFixed(2)} ${top[0]![0]} each` : '';
+    console.log(`  ${w.name.padEnd(26)} ${top.map(([op, n]) => `${op} ${fmt(n)}`).join(', ')}  (${fmt(c.ios ?? 0)} ${what}${each})`);
+  }
+  const errors = [...results].filter((e): e is [string, { error: string; relayLog?: string }] => 'error' in e[1]);
+  if (errors.length) {
+    console.log('');
+    for (const [key, c] of errors) {
+      console.log(`ERROR ${key}: ${c.error}`);
+      if (c.relayLog) console.log(`  relay log, last lines:\n${c.relayLog.replace(/^/gm, '    ')}`);
+    }
+    process.exitCode = 1;
+  }
+}
+
+try {
+  await main();
+} catch (e) {
+  if (!cleanup.aborted) {
+    console.error(`bench:mount: ${(e as Error).message}`);
+    process.exitCode = 1;
+  }
+} finally {
+  await cleanup.run();
+}
