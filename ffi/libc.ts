@@ -111,6 +111,7 @@ const c = {
   read: lib.func('intptr_t read(int fd, void *buf, size_t count)'),
   write: lib.func('intptr_t write(int fd, const void *buf, size_t count)'),
   readv: lib.func('intptr_t readv(int fd, const iovec *iov, int iovcnt)'),
+  fcntl: lib.func('int fcntl(int fd, int cmd, int arg)'),
   writev: lib.func('intptr_t writev(int fd, const iovec *iov, int iovcnt)'),
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   socket: lib.func('int socket(int domain, int type, int protocol)'),
@@ -391,4 +392,15 @@ export function readv(fd: number, buffers: readonly Uint8Array[]): number {
 /** writev(2) of `buffers` in order; returns the bytes written. */
 export function writev(fd: number, buffers: readonly Uint8Array[]): number {
   return check('writev', c.writev(fd, buffers.map((b) => ({ iov_base: b, iov_len: b.length })), buffers.length) as number);
+}
+
+// fcntl(2) commands and the non-blocking flag (generic Linux values, as O_NONBLOCK on x86/arm64/riscv).
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
+
+/** Makes a descriptor non-blocking (one received from another process, say). */
+export function setNonBlocking(fd: number): void {
+  const flags = check('fcntl', c.fcntl(fd, F_GETFL, 0));
+  check('fcntl', c.fcntl(fd, F_SETFL, flags | O_NONBLOCK));
 }

@@ -18,7 +18,8 @@ const usage = `usage: virtiofs-client mount --transport <transport> [options] <m
 Mounts a virtio-fs device on <mountpoint>. This machine's FUSE module makes the
 requests (as its virtio_fs driver would); virtiofs-client carries them to the
 device over the transport and the replies back, translating the values whose
-encoding differs between architectures. Needs root.
+encoding differs between architectures. As root it mounts with mount(2); any
+other user mounts through fusermount3 (Debian's fuse3) on a mountpoint they own.
 
   --transport <t>        ${TRANSPORT_SYNTAX}
                          e.g. vhost-user:/run/vfs.sock (a virtiofsd --socket-path)

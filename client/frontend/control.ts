@@ -5,10 +5,14 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { RelayStatus } from './relay.ts';
 
-export const RUN_DIR = process.env.VIRTIOFS_CLIENT_RUN_DIR ?? '/run/virtiofs-client';
+/** Root's mounts under /run; a user's under their runtime directory (or /tmp). */
+export const RUN_DIR =
+  process.env.VIRTIOFS_CLIENT_RUN_DIR ??
+  (process.getuid?.() === 0 ? '/run/virtiofs-client' : join(process.env.XDG_RUNTIME_DIR || tmpdir(), `virtiofs-client-${process.getuid?.()}`));
 
 export function controlSocketPath(mountpoint: string): string {
   const id = createHash('sha256').update(resolve(mountpoint)).digest('hex').slice(0, 16);

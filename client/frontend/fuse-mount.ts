@@ -1,13 +1,15 @@
 /**
  * A FUSE mount of this machine's kernel: /dev/fuse opened non-blocking and
- * mounted with mount(2) (root), with the checks a user needs to hear about
+ * mounted with mount(2) as root or through fusermount3 otherwise, with the checks a user needs to hear about
  * before anything is mounted: the mountpoint exists, is a directory, is not
  * already mounted, and is not a stale mount left by a crashed run.
  */
 import { closeSync, constants, openSync, readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ErrnoError, isErrnoError } from '../../ffi/errno.ts';
-import { MNT_DETACH, MS_NODEV, MS_NOSUID, mount, umount2 } from '../../ffi/libc.ts';
+import { MNT_DETACH, MS_NODEV, MS_NOSUID, mount, setNonBlocking, umount2 } from '../../ffi/libc.ts';
+import { UnixSocket } from '../../ffi/unix-socket.ts';
+import { spawnSync } from 'node:child_process';
 
 /** The filesystem type our mounts show in /proc/mounts: `fuse.virtiofs-client`. */
 export const FS_TYPE = 'fuse.virtiofs-client';
@@ -86,40 +88,47 @@ export class FuseMount {
     /** The /dev/fuse file descriptor (non-blocking) of this mount's connection. */
     readonly fd: number,
     readonly mountpoint: string,
+    /** Mounted by fusermount3 (not root): unmounted by it too. */
+    private readonly unprivileged: boolean,
   ) {}
 
-  /** Opens /dev/fuse and mounts it on `mountpoint`. The kernel's FUSE_INIT is then waiting on `fd`. */
+  /**
+   * Opens /dev/fuse and mounts it on `mountpoint`: with mount(2) as root,
+   * otherwise through the setuid fusermount3, which mounts and hands the
+   * /dev/fuse descriptor back over a socket. The kernel's FUSE_INIT is then
+   * waiting on `fd`.
+   */
   static open(mountpoint: string, options: MountOptions = {}): FuseMount {
     const target = resolve(mountpoint);
     checkMountpoint(target);
-    if (process.getuid?.() !== 0) {
-      throw new MountError('mounting needs root (mount(2) of /dev/fuse); run as root', 'EPERM');
-    }
-    const fd = openSync('/dev/fuse', constants.O_RDWR | constants.O_NONBLOCK); // libuv adds O_CLOEXEC
     const st = statSync(target);
-    const data = [
-      `fd=${fd}`,
+    const uid = process.getuid?.() ?? 0;
+    const gid = process.getgid?.() ?? 0;
+    const fsOptions = [
       `rootmode=${(st.mode & constants.S_IFMT).toString(8)}`,
-      'user_id=0',
-      'group_id=0',
+      `user_id=${uid}`,
+      `group_id=${gid}`,
       // The kernel checks permissions from the attributes, as a local filesystem does.
       'default_permissions',
       ...(options.allowOther ? ['allow_other'] : []),
-    ].join(',');
+    ];
+    if (uid !== 0) return new FuseMount(mountWithFusermount(target, fsOptions, options.source ?? 'virtiofs-client'), target, true);
+    const fd = openSync('/dev/fuse', constants.O_RDWR | constants.O_NONBLOCK); // libuv adds O_CLOEXEC
     try {
-      mount(options.source ?? 'virtiofs-client', target, FS_TYPE, MS_NOSUID | MS_NODEV, data);
+      mount(options.source ?? 'virtiofs-client', target, FS_TYPE, MS_NOSUID | MS_NODEV, [`fd=${fd}`, ...fsOptions].join(','));
     } catch (e) {
       closeSync(fd);
       throw e;
     }
-    return new FuseMount(fd, target);
+    return new FuseMount(fd, target, false);
   }
 
   /** Unmounts (lazily if busy) and closes the connection; pending kernel requests then fail with ENOTCONN. */
   close(): void {
     if (this.mounted) {
       this.mounted = false;
-      unmount(this.mountpoint);
+      if (this.unprivileged) fusermountUnmount(this.mountpoint);
+      else unmount(this.mountpoint);
     }
     try {
       closeSync(this.fd);
@@ -129,8 +138,45 @@ export class FuseMount {
   }
 }
 
+/**
+ * Mounts through fusermount3 (setuid root): it opens /dev/fuse, mounts, and
+ * sends the descriptor back over the socket named by _FUSE_COMMFD.
+ */
+function mountWithFusermount(target: string, fsOptions: string[], source: string): number {
+  const [ours, theirs] = UnixSocket.pair();
+  try {
+    const r = spawnSync('fusermount3', ['-o', [...fsOptions, `fsname=${source}`, `subtype=${FS_TYPE.slice('fuse.'.length)}`].join(','), '--', target], {
+      stdio: ['ignore', 'ignore', 'pipe', theirs.fd],
+      env: { ...process.env, _FUSE_COMMFD: '3' },
+      encoding: 'utf8',
+    });
+    if (r.error) throw new MountError(`mounting without root needs fusermount3 (Debian's fuse3): ${r.error.message}`, 'ENOENT');
+    if (r.status !== 0) {
+      const why = r.stderr.trim() || `exit status ${r.status}`;
+      // Debian's udev makes /dev/fuse 0666; machines without udev leave it root-only.
+      const hint = /open \/dev\/fuse: Permission denied/.test(why) ? ' (users need /dev/fuse mode 0666, as udev sets it on Debian)' : '';
+      throw new MountError(`fusermount3: ${why.replace(/^fusermount3: /, '')}${hint}`, 'EPERM');
+    }
+    const { fds } = ours.receiveWithFds(1, { timeoutMs: 5000, maxFds: 1 });
+    const fd = fds[0];
+    if (fd === undefined) throw new MountError('fusermount3 mounted but sent no /dev/fuse descriptor', 'EPROTO');
+    setNonBlocking(fd);
+    return fd;
+  } finally {
+    ours.close();
+    theirs.close();
+  }
+}
+
+function fusermountUnmount(path: string): void {
+  if (mountsAt(path).length === 0) return;
+  const r = spawnSync('fusermount3', ['-u', '-z', '--', path], { encoding: 'utf8' });
+  if (r.status !== 0) throw new MountError(`fusermount3 -u: ${r.stderr.trim()}`, 'EBUSY');
+}
+
 /** umount2, falling back to a lazy detach while files are still open. No error if nothing is mounted. */
 export function unmount(path: string): void {
+  if (process.getuid?.() !== 0) return fusermountUnmount(path);
   if (mountsAt(path).length === 0) return;
   try {
     umount2(resolve(path), 0);

@@ -32,7 +32,7 @@ import {
 import { openTransport } from '../transport/open.ts';
 import type { VirtioTransport } from '../transport/transport.ts';
 import { VirtioFsDevice, type DeviceOptions, type Slot } from '../virtio/virtio-fs-device.ts';
-import { FuseMount, checkMountpoint } from './fuse-mount.ts';
+import { FuseMount } from './fuse-mount.ts';
 import { OpStats, type OpcodeSummary } from './op-stats.ts';
 import { describeRequest, describeReply } from './trace.ts';
 
@@ -110,14 +110,15 @@ export class FuseRelay {
    */
   static async mount(options: RelayOptions): Promise<FuseRelay> {
     const log = options.log ?? ((line: string) => console.error(`virtiofs-client: ${line}`));
-    // Before touching the device: a virtiofsd serves only one connection.
-    checkMountpoint(options.mountpoint);
-    const transport = typeof options.transport === 'string' ? openTransport(options.transport) : options.transport;
+    // Mount before touching the device, so a refused mount leaves the device unused
+    // (a virtiofsd serves one connection). The kernel's INIT simply waits meanwhile.
+    const source = typeof options.transport === 'string' ? options.transport : options.transport.description;
+    const mount = FuseMount.open(options.mountpoint, { allowOther: options.allowOther, source });
+    let transport: VirtioTransport | undefined;
     let device: VirtioFsDevice | undefined;
-    let mount: FuseMount | undefined;
     try {
+      transport = typeof options.transport === 'string' ? openTransport(options.transport) : options.transport;
       device = VirtioFsDevice.open(transport, { ...options, log });
-      mount = FuseMount.open(options.mountpoint, { allowOther: options.allowOther, source: transport.description });
       const slot = device.tryAcquireSlot()!;
       const kernelInit = await readKernelInit(mount.fd, slot, device.dataRoom);
       const session = await FuseSession.open(device, {
@@ -133,9 +134,9 @@ export class FuseRelay {
       relay.startReading();
       return relay;
     } catch (e) {
-      mount?.close();
+      mount.close();
       if (device) device.close();
-      else transport.close();
+      else transport?.close();
       throw e;
     }
   }

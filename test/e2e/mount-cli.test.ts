@@ -2,9 +2,9 @@
 // mountpoints, a stale mount detected and cleared, status of a live mount.
 import test from 'ava';
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { Virtiofsd } from '../../client/backends/virtiofsd.ts';
 import { controlSocketPath, logPath } from '../../client/frontend/control.ts';
@@ -91,5 +91,44 @@ test('a stale mount left by a killed relay is detected, explained, and cleared b
     t.is(cli('unmount', mnt).status, 0);
     t.is(mountsAt(mnt).length, 0);
     t.regex(readFileSync(join(work, 'shared', 'hello'), 'utf8'), /hello/);
+  });
+});
+
+test('an unprivileged user mounts through fusermount3, uses the mount, and unmounts', async (t) => {
+  if (!requireRoot(t)) return;
+  await withDaemon(async (d, work) => {
+    const mnt = join(work, 'mnt');
+    // What a user needs: the device socket, a mountpoint of their own.
+    chmodSync(work, 0o755);
+    chmodSync(dirname(d.socketPath), 0o755);
+    chmodSync(d.socketPath, 0o777);
+    chownSync(mnt, 65534, 65534);
+    // Without udev (as here) /dev/fuse is root-only; Debian's udev makes it 0666. Say so first.
+    const fuseMode = statSync('/dev/fuse').mode & 0o777;
+    if (fuseMode !== 0o666) {
+      const refused = spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', process.execPath, 'bin/virtiofs-client.js', 'mount', '--transport', `vhost-user:${d.socketPath}`, mnt], {
+        encoding: 'utf8',
+        env: { ...process.env, HOME: '/tmp', XDG_RUNTIME_DIR: '' },
+      });
+      t.is(refused.status, 1);
+      t.regex(refused.stderr, /users need \/dev\/fuse mode 0666, as udev sets it on Debian/);
+      chmodSync('/dev/fuse', 0o666);
+    }
+    t.teardown(() => chmodSync('/dev/fuse', fuseMode));
+    const asNobody = (...args: string[]) =>
+      spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', process.execPath, 'bin/virtiofs-client.js', ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, HOME: '/tmp', XDG_RUNTIME_DIR: '' },
+      });
+    const mounted = asNobody('mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
+    t.is(mounted.status, 0, mounted.stderr);
+    t.is(mountsAt(mnt)[0]?.fstype, 'fuse.virtiofs-client');
+    const ls = spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', 'cat', join(mnt, 'hello')], { encoding: 'utf8' });
+    t.is(ls.stdout, 'hello\n', ls.stderr);
+    const status = asNobody('status', mnt);
+    t.regex(status.stdout, /device answer legacy/);
+    const unmounted = asNobody('unmount', mnt);
+    t.is(unmounted.status, 0, unmounted.stderr);
+    t.is(mountsAt(mnt).length, 0);
   });
 });
