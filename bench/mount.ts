@@ -1,10 +1,12 @@
-// Mount-level benchmark: the same directory reached three ways in one run, on
+// Mount-level benchmark: the same directory reached four ways in one run, on
 // the same files: the directory itself (baseline), libfuse's C passthrough_ll
-// (a plain FUSE daemon on /dev/fuse), and our mount (the kernel's FUSE module
-// relayed by virtiofs-client to QEMU's virtiofsd over vhost-user). fio runs
-// the I/O workloads, a timed loop in this process the metadata one. Prints
-// one table with each figure and the ratios ours/passthrough_ll and ours/dir.
-// Run: npm run bench:mount [-- --seconds 5 --size 512 --dir /var/tmp]
+// (a plain FUSE daemon on /dev/fuse), and our mount with each frontend
+// (`virtiofs-client mount --frontend relay|fuse-native`, each over its own
+// QEMU virtiofsd on vhost-user, since a virtiofsd serves one connection; same
+// options). fio runs the I/O workloads, a timed loop in this process the
+// metadata one. Prints one table with each figure and the ratios
+// <frontend>/passthrough_ll and <first frontend>/dir.
+// Run: npm run bench:mount [-- --seconds 5 --size 512 --dir /var/tmp --frontends relay,fuse-native]
 import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
@@ -25,22 +27,42 @@ const { values } = parseArgs({
     dir: { type: 'string', default: tmpdir() },
     /** Only the workloads whose name contains this. */
     only: { type: 'string' },
+    /** Which of our frontends to mount, comma-separated. */
+    frontends: { type: 'string', default: 'relay,fuse-native' },
   },
 });
+const FRONTENDS = ['relay', 'fuse-native'] as const;
+type Frontend = (typeof FRONTENDS)[number];
+const isFrontend = (f: string): f is Frontend => (FRONTENDS as readonly string[]).includes(f);
 const seconds = Number(values.seconds);
 const sizeMiB = Number(values.size);
-if (!(seconds > 0) || !Number.isInteger(sizeMiB) || sizeMiB < 8 || sizeMiB % 4 !== 0) {
-  console.error('usage: bench/mount.ts [--seconds <s>] [--size <MiB, a multiple of 4>] [--dir <parent of the work directory>]');
+const frontendNames = [...new Set(values.frontends.split(',').map((f) => f.trim()).filter(Boolean))];
+if (
+  !(seconds > 0) ||
+  !Number.isInteger(sizeMiB) ||
+  sizeMiB < 8 ||
+  sizeMiB % 4 !== 0 ||
+  frontendNames.length === 0 ||
+  !frontendNames.every(isFrontend)
+) {
+  console.error(
+    'usage: bench/mount.ts [--seconds <s>] [--size <MiB, a multiple of 4>] [--dir <parent of the work directory>]\n' +
+      `                      [--only <workload name part>] [--frontends <${FRONTENDS.join(',')}> (default both)]`,
+  );
   process.exit(2);
 }
+/** Our frontends to measure, in the order given. */
+const frontends = frontendNames as Frontend[];
 const MiB = 1 << 20;
 const CACHE_DIR = fileURLToPath(new URL('../node_modules/.cache/virtiofs-bench/', import.meta.url));
 /** Files per batch of the metadata loop (create all, stat all, unlink all). */
 const META_BATCH = 200;
 const META_FILE = 4096;
 
-type TargetName = 'dir' | 'passthrough_ll' | 'ours';
-const TARGETS: TargetName[] = ['dir', 'passthrough_ll', 'ours'];
+type TargetName = 'dir' | 'passthrough_ll' | Frontend;
+const TARGETS: TargetName[] = ['dir', 'passthrough_ll', ...frontends];
+/** What each frontend's `status` counts: the relay carries FUSE opcodes, fuse-native serves libfuse callbacks. */
+const COUNTED: Record<Frontend, string> = { relay: 'FUSE requests', 'fuse-native': 'libfuse callbacks' };
 
 interface Workload {
   name: string;
@@ -49,7 +71,15 @@ interface Workload {
   measure(target: TargetName, root: string): Promise<{ value: number; ios?: number }>;
 }
 
-type Cell = { value: number; ios?: number; requests?: Map<string, number> } | { error: string; relayLog?: string };
+type Cell = { value: number; ios?: number; requests?: Map<string, number> } | { error: string; mountLog?: string };
+
+/** One of our mounts with the virtiofsd behind it (its own: a virtiofsd serves one connection). */
+interface Ours {
+  mount: OurMount;
+  daemon: Virtiofsd;
+  /** Set if the virtiofsd exited before clean-up began. */
+  daemonDied?: string;
+}
 
 const cleanup = new Cleanup();
 cleanup.installHandlers();
@@ -143,29 +173,37 @@ async function main(): Promise<void> {
     rmSync(work, { recursive: true, force: true });
   });
   const data = join(work, 'data');
-  const roots: Record<TargetName, string> = { dir: data, passthrough_ll: join(work, 'mnt-passthrough_ll'), ours: join(work, 'mnt-ours') };
-  for (const d of [data, roots.passthrough_ll, roots.ours, ...TARGETS.map((t) => join(data, `meta-${t}`))]) mkdirSync(d, { recursive: true });
+  const roots = Object.fromEntries(
+    TARGETS.map((t) => [t, t === 'dir' ? data : join(work, `mnt-${t}`)] as const),
+  ) as Record<TargetName, string>;
+  for (const d of [...TARGETS.map((t) => roots[t]), ...TARGETS.map((t) => join(data, `meta-${t}`))]) mkdirSync(d, { recursive: true });
   const size = sizeMiB * MiB;
   console.error(`laying out ${sizeMiB} MiB read.dat and write.dat in ${data}...`);
   layOut(join(data, 'read.dat'), size);
   layOut(join(data, 'write.dat'), size);
   await sync();
 
-  const daemon = await Virtiofsd.start({ sharedDir: data, cache: 'auto' });
-  cleanup.add('virtiofsd', () => daemon.stop());
-  let daemonDied: string | undefined;
-  void daemon.exited.then(({ code, signal }) => {
-    if (cleanup.started) return;
-    daemonDied = `virtiofsd (pid ${daemon.pid}) exited during the run: ${signal ? `signal ${signal}` : `status ${code}`}\n${daemon.recentOutput()}`;
-    console.error(daemonDied);
-  });
   await mountPassthroughLl(cleanup, passthroughLl, data, roots.passthrough_ll, ['cache=auto', 'default_permissions']);
-  const ours: OurMount = await mountOurs(cleanup, daemon.socketPath, roots.ours);
+  // Each frontend gets its own virtiofsd (same options); its unmount is registered after the daemon's
+  // stop, so clean-up (newest first) unmounts before the device goes away.
+  const ours = new Map<Frontend, Ours>();
+  for (const f of frontends) {
+    const daemon = await Virtiofsd.start({ sharedDir: data, cache: 'auto' });
+    cleanup.add(`virtiofsd for ${f}`, () => daemon.stop());
+    const entry: Partial<Ours> & { daemon: Virtiofsd } = { daemon };
+    void daemon.exited.then(({ code, signal }) => {
+      if (cleanup.started) return;
+      entry.daemonDied = `virtiofsd of ${f} (pid ${daemon.pid}) exited during the run: ${signal ? `signal ${signal}` : `status ${code}`}\n${daemon.recentOutput()}`;
+      console.error(entry.daemonDied);
+    });
+    entry.mount = await mountOurs(cleanup, daemon.socketPath, roots[f], ['--frontend', f]);
+    ours.set(f, entry as Ours);
+  }
   for (const t of TARGETS) statSync(join(roots[t], 'read.dat')); // each mount answers
 
   const env = [
     `kernel ${release()}`,
-    `${sh(process.env.VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd', ['--version']).split('\n')[0]}, -o cache=auto, sandbox=chroot`,
+    `${sh(process.env.VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd', ['--version']).split('\n')[0]}, -o cache=auto, sandbox=chroot (one per frontend)`,
     `passthrough_ll (libfuse ${await libfuseVersion(cleanup)}) -o cache=auto, multi-threaded`,
     sh('fio', ['--version']),
     `${availableParallelism()} CPUs`,
@@ -175,7 +213,7 @@ async function main(): Promise<void> {
   // --- workloads ------------------------------------------------------------------------------------
   // Reads: read.dat sits in the host page cache (read through the directory before each run, never
   // dropped): every target reads the same cached data, and the figure is the cost of the path to it.
-  // On the two mounts the FUSE-side page cache is what would hide that path: fio's invalidate=1 drops
+  // On the mounts the FUSE-side page cache is what would hide that path: fio's invalidate=1 drops
   // it (fadvise DONTNEED) at the start and each time a job wraps around the file, so every block of a
   // pass crosses FUSE. On the directory itself that would drop the backing pages (disk reads), so the
   // baseline keeps invalidate=0: a page-cache copy.
@@ -234,13 +272,14 @@ async function main(): Promise<void> {
     for (const t of TARGETS) {
       cleanup.check();
       process.stderr.write(`${w.name.padEnd(26)} ${t.padEnd(15)} `);
-      const before = t === 'ours' ? await ours.counts() : undefined;
+      const mine = isFrontend(t) ? ours.get(t) : undefined;
+      const before = await mine?.mount.counts();
       let cell: Cell;
       try {
         const { value, ios } = await w.measure(t, roots[t]);
         cell = { value, ios };
-        if (before) {
-          const after = await ours.counts();
+        if (mine && before) {
+          const after = await mine.mount.counts();
           cell.requests = new Map([...after].map(([op, n]) => [op, n - (before.get(op) ?? 0)] as const).filter(([, n]) => n > 0));
         }
         process.stderr.write(`${fmt(value)} ${w.unit}\n`);
@@ -249,9 +288,9 @@ async function main(): Promise<void> {
         const message = (e as Error).message.trim();
         cell = { error: message.split('\n').slice(-1)[0]! };
         process.stderr.write(`ERROR\n${message}\n`);
-        if (t === 'ours') {
-          cell.relayLog = ours.logTail() + (daemonDied ? `\n${daemonDied}` : '');
-          process.stderr.write(`relay log (${ours.log}), last lines:\n${cell.relayLog}\n`);
+        if (mine) {
+          cell.mountLog = mine.mount.logTail() + (mine.daemonDied ? `\n${mine.daemonDied}` : '');
+          process.stderr.write(`${t} mount log (${mine.mount.log}), last lines:\n${cell.mountLog}\n`);
         }
       }
       results.set(`${w.name}/${t}`, cell);
@@ -262,10 +301,15 @@ async function main(): Promise<void> {
   const show = (c: Cell | undefined) => (c === undefined ? '-' : 'error' in c ? 'ERROR' : fmt(c.value));
   const ratio = (a: Cell | undefined, b: Cell | undefined) =>
     a && b && 'value' in a && 'value' in b && b.value > 0 ? (a.value / b.value).toFixed(3) : '-';
-  const header = ['workload', 'unit', 'dir', 'passthrough_ll', 'ours', 'ours/pt_ll', 'ours/dir'];
+  // A column per target, then each frontend against passthrough_ll, then the first frontend against dir.
+  const ratios: [TargetName, TargetName, string][] = [
+    ...frontends.map((f) => [f, 'passthrough_ll', `${f}/pt_ll`] as [TargetName, TargetName, string]),
+    [frontends[0]!, 'dir', `${frontends[0]}/dir`],
+  ];
+  const header = ['workload', 'unit', ...TARGETS, ...ratios.map(([, , name]) => name)];
   const rows = chosen.map((w) => {
-    const [d, p, o] = TARGETS.map((t) => results.get(`${w.name}/${t}`));
-    return [w.name, w.unit, show(d), show(p), show(o), ratio(o, p), ratio(o, d)];
+    const cell = (t: TargetName) => results.get(`${w.name}/${t}`);
+    return [w.name, w.unit, ...TARGETS.map((t) => show(cell(t))), ...ratios.map(([a, b]) => ratio(cell(a), cell(b)))];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
@@ -278,7 +322,10 @@ async function main(): Promise<void> {
     console.log('NOTE: other work was running on this machine when the run started (the end figure includes our own');
     console.log('      load): the FUSE figures, three processes sharing the CPUs per request, suffer most from that.');
   }
-  console.log(`ours: ${ours.negotiation.filter((l) => /^FUSE|^max_write/.test(l)).join('; ')}`);
+  for (const [f, { mount }] of ours) {
+    const lines = mount.negotiation.filter((l) => /^(FUSE|max_write|frontend)/.test(l)).map((l) => l.split(';')[0]!.replace(/\s+/g, ' '));
+    console.log(`${f}: ${lines.join('; ')}`);
+  }
   console.log('');
   console.log(line(header));
   console.log(line(widths.map((w) => '-'.repeat(w))));
@@ -286,37 +333,42 @@ async function main(): Promise<void> {
   console.log('');
   console.log('How each figure was taken:');
   console.log('- dir = the directory itself; passthrough_ll = libfuse\'s example daemon on /dev/fuse (-o cache=auto,');
-  console.log('  default_permissions); ours = virtiofs-client mount -> vhost-user -> virtiofsd (-o cache=auto).');
+  console.log('  default_permissions); relay / fuse-native = virtiofs-client mount --frontend <it> -> vhost-user ->');
+  console.log('  virtiofsd (-o cache=auto), a virtiofsd each (it serves one connection).');
   console.log('- fio: --ioengine=psync --direct=0 --time_based --runtime=' + seconds + '. Buffered I/O throughout (libaio would');
   console.log('  be synchronous on buffered files too); "4 jobs" = numjobs=4, each on its own quarter of the file.');
   console.log('- reads: read.dat is in the HOST page cache (re-read through dir before each run, never dropped);');
-  console.log('  on the two mounts fio invalidate=1 drops the FUSE-side page cache at start and at every wrap, so each');
+  console.log('  on the mounts fio invalidate=1 drops the FUSE-side page cache at start and at every wrap, so each');
   console.log('  block of a pass crosses FUSE; on dir invalidate=0 (else it would read the disk): a page-cache copy.');
   console.log('  Random reads get fadvise RANDOM (fio default: no readahead) and a random map (each block once a pass).');
   console.log('- seq write: overwrites write.dat in place, invalidate=0; the data lands in the host page cache as dirty');
   console.log('  pages (no fsync in the figure); `sync` runs before and after each run, outside the timing.');
   console.log(`- create+stat+unlink: this Node process, synchronous fs calls, batches of ${META_BATCH} fresh names: open(O_CREAT|O_EXCL),`);
   console.log(`  write ${META_FILE} bytes, close; stat each; unlink each. One figure = files/s through all three steps.`);
-  console.log('  Both mounts use default_permissions (ours always, as Linux\'s virtio_fs driver does; passthrough_ll is');
+  console.log('  All mounts use default_permissions (ours always, as Linux\'s virtio_fs driver does; passthrough_ll is');
   console.log('  given -o default_permissions to match): the kernel checks permissions from cached attributes and asks');
   console.log('  for them again (GETATTR) once a create, write or unlink invalidated them; see the counts below.');
 
-  console.log('');
-  console.log('Requests our relay carried during each run (from virtiofs-client status), per fio I/O or per file:');
-  for (const w of chosen) {
-    const c = results.get(`${w.name}/ours`);
-    if (!c || 'error' in c || !c.requests) continue;
-    const top = [...c.requests].sort((a, b) => b[1] - a[1]).slice(0, 7);
-    const what = w.unit === 'files/s' ? 'files (+ a warm-up batch)' : 'fio I/Os';
-    const each = c.ios ? `; ${(top[0]![1] / c.ios).toFixed(2)} ${top[0]![0]} each` : '';
-    console.log(`  ${w.name.padEnd(26)} ${top.map(([op, n]) => `${op} ${fmt(n)}`).join(', ')}  (${fmt(c.ios ?? 0)} ${what}${each})`);
+  for (const f of frontends) {
+    console.log('');
+    console.log(`${COUNTED[f]} ${f} handled during each run (from virtiofs-client status), per fio I/O or per file:`);
+    for (const w of chosen) {
+      const c = results.get(`${w.name}/${f}`);
+      if (!c || 'error' in c || !c.requests || c.requests.size === 0) continue;
+      const top = [...c.requests].sort((a, b) => b[1] - a[1]).slice(0, 7);
+      const what = w.unit === 'files/s' ? 'files (+ a warm-up batch)' : 'fio I/Os';
+      // The metadata figure's counts include its warm-up batch: divide by all the files made.
+      const units = (c.ios ?? 0) + (w.unit === 'files/s' ? META_BATCH : 0);
+      const each = units ? `; ${(top[0]![1] / units).toFixed(2)} ${top[0]![0]} each` : '';
+      console.log(`  ${w.name.padEnd(26)} ${top.map(([op, n]) => `${op} ${fmt(n)}`).join(', ')}  (${fmt(c.ios ?? 0)} ${what}${each})`);
+    }
   }
-  const errors = [...results].filter((e): e is [string, { error: string; relayLog?: string }] => 'error' in e[1]);
+  const errors = [...results].filter((e): e is [string, { error: string; mountLog?: string }] => 'error' in e[1]);
   if (errors.length) {
     console.log('');
     for (const [key, c] of errors) {
       console.log(`ERROR ${key}: ${c.error}`);
-      if (c.relayLog) console.log(`  relay log, last lines:\n${c.relayLog.replace(/^/gm, '    ')}`);
+      if (c.mountLog) console.log(`  mount log, last lines:\n${c.mountLog.replace(/^/gm, '    ')}`);
     }
     process.exitCode = 1;
   }

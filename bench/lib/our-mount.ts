@@ -1,7 +1,8 @@
 /**
  * Our mount, driven exactly as a user drives it: `virtiofs-client mount
- * --transport vhost-user:<socket> <mountpoint>` (returns once mounted; the
- * relay continues in the background) and `virtiofs-client unmount`.
+ * --transport vhost-user:<socket> [--frontend relay|fuse-native] <mountpoint>`
+ * (returns once mounted; the mount process, relay or fuse-native, continues in
+ * the background) and `virtiofs-client unmount`.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
@@ -20,7 +21,7 @@ export interface OurMount {
   logTail(lines?: number): string;
   /** What FUSE_INIT settled (the relay's `status` negotiation lines). */
   negotiation: string[];
-  /** Requests the relay has carried so far, by opcode name. */
+  /** What the mount's `status` counted so far, by name: FUSE opcodes (relay) or libfuse callbacks (fuse-native). */
   counts(): Promise<Map<string, number>>;
   /** Unmounts with `virtiofs-client unmount` and waits for the relay to exit. */
   stop(): Promise<void>;
