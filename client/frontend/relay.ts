@@ -15,19 +15,19 @@ import { DATA_AT, REPLY_AT, REQUEST_ROOM } from '../fuse/slot-layout.ts';
 import {
   FUSE_KERNEL_VERSION,
   InitFlag,
+  NOT_RELAYABLE,
   Opcode,
   ProtocolError,
   decodeInitRequest,
   decodeReplyBody,
-  fuse_getxattr_in,
   fuse_in_header,
   fuse_init_out,
   fuse_out_header,
-  fuse_read_in,
   messageShape,
   opcodeName,
   readReplyHeader,
   replyRoom,
+  requestedReplySize,
 } from '../protocol/index.ts';
 import { openTransport } from '../transport/open.ts';
 import type { VirtioTransport } from '../transport/transport.ts';
@@ -42,18 +42,6 @@ import { describeRequest, describeReply } from './trace.ts';
  */
 const HEAD = fuse_in_header.size + 40;
 
-/** Capabilities that cannot cross the relay: they need a local daemon, a DAX window, or are ours. */
-const NOT_RELAYED =
-  InitFlag.SPLICE_WRITE |
-  InitFlag.SPLICE_MOVE |
-  InitFlag.SPLICE_READ |
-  InitFlag.MAP_ALIGNMENT |
-  InitFlag.HAS_INODE_DAX |
-  InitFlag.PASSTHROUGH |
-  InitFlag.OVER_IO_URING |
-  InitFlag.INIT_RESERVED |
-  InitFlag.ARCH_INDICATOR |
-  InitFlag.ARCH_CANONICAL;
 
 const NO_REPLY = new Set<number>([Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT]);
 const EIO = errnoNumber('EIO');
@@ -124,7 +112,7 @@ export class FuseRelay {
       const session = await FuseSession.open(device, {
         ...options,
         log,
-        initFlags: kernelInit.flags & ~NOT_RELAYED,
+        initFlags: kernelInit.flags & ~NOT_RELAYABLE,
         maxMinor: kernelInit.minor,
         maxReadahead: kernelInit.maxReadahead,
       });
@@ -169,7 +157,7 @@ export class FuseRelay {
 
   private answerKernelInit(kernel: KernelInit): void {
     const init = this.session.init;
-    const flags = init.flags & kernel.flags & ~NOT_RELAYED;
+    const flags = init.flags & kernel.flags & ~NOT_RELAYABLE;
     const out = new Uint8Array(fuse_out_header.size + fuse_init_out.size);
     const view = new DataView(out.buffer);
     fuse_init_out.encode(view, fuse_out_header.size, {
@@ -256,7 +244,8 @@ export class FuseRelay {
         failed = false;
         return;
       }
-      const requested = requestedSize(opcode, view);
+      // The kernel offers READLINK a page less the terminating NUL.
+      const requested = opcode === Opcode.READLINK ? 4095 : requestedReplySize(opcode, view, fuse_in_header.size);
       const room = replyRoom(opcode, requested);
       // A reply with data needs the data area: move a request's spill-over (names) up behind its head.
       let readable: number[];
@@ -407,20 +396,3 @@ function readKernelInit(fd: number, slot: Slot, dataRoom: number): Promise<Kerne
   });
 }
 
-/** The size a request asks the reply to fit in, for the opcodes whose replies carry data. */
-function requestedSize(opcode: number, view: DataView): number | undefined {
-  const args = fuse_in_header.size;
-  switch (opcode) {
-    case Opcode.READ:
-    case Opcode.READDIR:
-    case Opcode.READDIRPLUS:
-      return fuse_read_in.get(view, args, 'size');
-    case Opcode.GETXATTR:
-    case Opcode.LISTXATTR:
-      return fuse_getxattr_in.get(view, args, 'size');
-    case Opcode.READLINK:
-      return 4095; // the kernel offers a page less the terminating NUL
-    default:
-      return undefined;
-  }
-}

@@ -55,6 +55,24 @@ export const InitFlag = {
   ARCH_CANONICAL: 1n << 62n,
 } as const;
 
+/**
+ * Capabilities that cannot be carried from one FUSE connection to another (a
+ * relay between this kernel and a device, or a device between a client and its
+ * backend): splice and passthrough need a local daemon, DAX a shared memory
+ * window, io_uring a local ring, and the arch bits belong to each hop's own INIT.
+ */
+export const NOT_RELAYABLE =
+  InitFlag.SPLICE_WRITE |
+  InitFlag.SPLICE_MOVE |
+  InitFlag.SPLICE_READ |
+  InitFlag.MAP_ALIGNMENT |
+  InitFlag.HAS_INODE_DAX |
+  InitFlag.PASSTHROUGH |
+  InitFlag.OVER_IO_URING |
+  InitFlag.INIT_RESERVED |
+  InitFlag.ARCH_INDICATOR |
+  InitFlag.ARCH_CANONICAL;
+
 /** Names of the set bits of a 64-bit INIT flag set, unknown bits as 'bit<N>'. */
 export function initFlagNames(flags: bigint): string[] {
   const out: string[] = [];

@@ -138,3 +138,22 @@ export function replyRoom(opcode: number, requestedSize = 0): ReplyRoom {
       return { fixed: 0, data: requestedSize };
   }
 }
+
+/**
+ * The size a request asks its reply's data to fit in (READ, READDIR*,
+ * GETXATTR, LISTXATTR), read from the argument struct at `argAt`; undefined
+ * for other opcodes. READLINK states none: its limit is the buffer offered.
+ */
+export function requestedReplySize(opcode: number, view: DataView, argAt: number): number | undefined {
+  switch (opcode) {
+    case Opcode.READ:
+    case Opcode.READDIR:
+    case Opcode.READDIRPLUS:
+      return abi.fuse_read_in.get(view, argAt, 'size');
+    case Opcode.GETXATTR:
+    case Opcode.LISTXATTR:
+      return abi.fuse_getxattr_in.get(view, argAt, 'size');
+    default:
+      return undefined;
+  }
+}

@@ -20,15 +20,14 @@ import {
   Opcode,
   ProtocolError,
   decodeReplyBody,
-  fuse_getxattr_in,
   fuse_in_header,
   fuse_out_header,
-  fuse_read_in,
   fuse_write_in,
   messageShape,
   opcodeName,
   readReplyHeader,
   replyRoom,
+  requestedReplySize,
 } from '../../client/protocol/index.ts';
 import { openTransport } from '../../client/transport/open.ts';
 import { VirtioFsDevice, type Slot } from '../../client/virtio/virtio-fs-device.ts';
@@ -146,7 +145,11 @@ export class BackendRelay {
     });
     try {
       const readable = this.copyRequest(request, slot);
-      const requested = requestedSize(opcode, slot.view, request.replyRoom);
+      // READLINK states no size: the frontend's buffer is the limit (the kernel offers a page).
+      const requested =
+        opcode === Opcode.READLINK
+          ? Math.max(0, Math.min(request.replyRoom - fuse_out_header.size, 4096))
+          : requestedReplySize(opcode, slot.view, REQUEST_AT + fuse_in_header.size);
       const room = replyRoom(opcode, requested);
       if (room.data > 0 && readable.length > 2) throw new DeviceFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes leaves no room for reply data`);
       if (room.data > this.device.dataRoom) throw new DeviceFailure('EIO', `${opcodeName(opcode)}: reply of ${room.data} bytes exceeds the ${this.device.dataRoom}-byte buffers`);
@@ -263,24 +266,3 @@ export class BackendRelay {
   }
 }
 
-/**
- * The size the request asks the reply to fit in, for the opcodes whose
- * replies carry data. READLINK states none: the frontend's buffer is the
- * limit (the kernel offers a page, this client 4095 bytes).
- */
-function requestedSize(opcode: number, view: DataView, frontendRoom: number): number | undefined {
-  const args = REQUEST_AT + fuse_in_header.size;
-  switch (opcode) {
-    case Opcode.READ:
-    case Opcode.READDIR:
-    case Opcode.READDIRPLUS:
-      return fuse_read_in.get(view, args, 'size');
-    case Opcode.GETXATTR:
-    case Opcode.LISTXATTR:
-      return fuse_getxattr_in.get(view, args, 'size');
-    case Opcode.READLINK:
-      return Math.max(0, Math.min(frontendRoom - fuse_out_header.size, 4096));
-    default:
-      return undefined;
-  }
-}

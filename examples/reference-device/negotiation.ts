@@ -15,6 +15,7 @@ import {
   FUSE_KERNEL_MINOR_VERSION,
   FUSE_KERNEL_VERSION,
   InitFlag,
+  NOT_RELAYABLE,
   decodeInitRequest,
   fuse_init_in,
   type ArchOutcome,
@@ -31,24 +32,8 @@ export const ARCH_ANSWERS: readonly ArchAnswer[] = ['translate', 'canonical', 'l
 const INIT_EXT_MINOR = 36;
 const LOW32 = 0xffff_ffffn;
 
-/**
- * Capabilities the device does not pass from the backend to the client:
- * splice and passthrough need a local kernel, DAX a shared memory window this
- * device does not offer, and INIT_EXT and the arch bits belong to the
- * client-device exchange, which the device answers itself.
- */
-export const NOT_RELAYED =
-  InitFlag.SPLICE_WRITE |
-  InitFlag.SPLICE_MOVE |
-  InitFlag.SPLICE_READ |
-  InitFlag.MAP_ALIGNMENT |
-  InitFlag.HAS_INODE_DAX |
-  InitFlag.PASSTHROUGH |
-  InitFlag.OVER_IO_URING |
-  InitFlag.INIT_RESERVED |
-  InitFlag.INIT_EXT |
-  InitFlag.ARCH_INDICATOR |
-  InitFlag.ARCH_CANONICAL;
+/** What the device does not pass from the backend to the client: INIT_EXT it answers itself. */
+export const NOT_RELAYED = NOT_RELAYABLE | InitFlag.INIT_EXT;
 
 /** The client's fuse_init_in, as the device needs it. */
 export interface ClientInit {
