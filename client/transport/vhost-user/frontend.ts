@@ -5,7 +5,7 @@
  * queues run on memory and eventfds alone.
  */
 import type { DmaRegion } from '../../../ffi/dma.ts';
-import { ErrnoError } from '../../../ffi/errno.ts';
+import { ErrnoError, isErrnoError } from '../../../ffi/errno.ts';
 import { EventFd } from '../../../ffi/event-fd.ts';
 import { sharedPoller } from '../../../ffi/poller.ts';
 import { SharedMemory } from '../../../ffi/shared-memory.ts';
@@ -75,7 +75,7 @@ export class VhostUserTransport implements VirtioTransport {
 
   /** Connects to a backend's socket and does the feature handshake. */
   static connect(socketPath: string, options: VhostUserOptions = {}): VhostUserTransport {
-    const socket = UnixSocket.connect(socketPath);
+    const socket = connectWhenListening(socketPath, Math.min(options.timeoutMs ?? 5000, 2000));
     try {
       return new VhostUserTransport(socket, socketPath, options.timeoutMs ?? 5000);
     } catch (e) {
@@ -258,5 +258,23 @@ export class VhostUserTransport implements VirtioTransport {
 
   private badReply(name: RequestName, what: string): TransportError {
     return new TransportError(`${this.description}: ${name}: bad reply: ${what}`, 'EPROTO');
+  }
+}
+
+/**
+ * A backend creates its socket file (bind) a moment before it listens: a
+ * connect in between is refused. Refusals cost the backend nothing (it serves
+ * one connection, and a refused one is not it), so retry them for a while.
+ */
+function connectWhenListening(path: string, timeoutMs: number): UnixSocket {
+  const deadline = Date.now() + timeoutMs;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (;;) {
+    try {
+      return UnixSocket.connect(path);
+    } catch (e) {
+      if (!isErrnoError(e, 'ECONNREFUSED') || Date.now() > deadline) throw e;
+      Atomics.wait(pause, 0, 0, 10);
+    }
   }
 }
