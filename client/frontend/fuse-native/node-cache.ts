@@ -240,6 +240,14 @@ export class NodeCache {
   created(parent: CachedNode, name: string, reply: EntryReply): CachedNode {
     this.nameChanged(parent, name);
     if (parent.dropped) return this.detached(reply);
+    return this.adopt(parent, name, reply);
+  }
+
+  /**
+   * Records a reply that named `reply.nodeid` under `name` (one lookup counted):
+   * the same node gains a lookup; a different one replaces what was cached there.
+   */
+  private adopt(parent: CachedNode, name: string, reply: EntryReply): CachedNode {
     const current = parent.children.get(name);
     if (current && current.nodeid === reply.nodeid) {
       current.nlookup++;
@@ -375,17 +383,7 @@ export class NodeCache {
         this.counters.racedLookups++;
         return this.detached(reply);
       }
-      const current = parent.children.get(name);
-      if (current && current.nodeid === reply.nodeid) {
-        current.nlookup++;
-        this.refreshEntry(current, reply);
-        return current;
-      }
-      // Replaced on the device (or first seen): whatever was cached under the old node goes.
-      if (current) this.drop(current);
-      const node = this.insert(parent, name, reply);
-      this.evict();
-      return node;
+      return this.adopt(parent, name, reply);
     } finally {
       if (parent.pending.get(name) === record) parent.pending.delete(name);
       this.release(parent.nodeid);
