@@ -31,7 +31,7 @@ import {
 } from '../protocol/index.ts';
 import { openTransport } from '../transport/open.ts';
 import type { VirtioTransport } from '../transport/transport.ts';
-import { VirtioFsDevice, type DeviceOptions, type Slot } from '../virtio/virtio-fs-device.ts';
+import { VirtioFsDevice, fill, type DeviceOptions, type Slot } from '../virtio/virtio-fs-device.ts';
 import { FuseMount } from './fuse-mount.ts';
 import { OpStats, type OpcodeSummary } from './op-stats.ts';
 import { describeRequest, describeReply } from './trace.ts';
@@ -47,6 +47,7 @@ const NO_REPLY = new Set<number>([Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INT
 const EIO = errnoNumber('EIO');
 const ENOSYS = errnoNumber('ENOSYS');
 const EINVAL = errnoNumber('EINVAL');
+const NO_SEGMENTS: number[] = [];
 
 export interface RelayOptions extends DeviceOptions, Omit<SessionOptions, 'initFlags' | 'maxMinor' | 'maxReadahead'> {
   /** 'vhost-user:/path', or a transport already open. */
@@ -78,6 +79,10 @@ export class FuseRelay {
   private reading = false;
   private stopped = false;
   private readonly errorReply = new Uint8Array(fuse_out_header.size);
+  private readonly readable = [0, 0, 0, 0];
+  private readonly writable = [0, 0, 0, 0];
+  /** Per slot: where readv puts a request (head, then the page-aligned data area). */
+  private readonly slotReadBuffers: Uint8Array[][] = [];
   private readonly log: (line: string) => void;
 
   private constructor(
@@ -203,7 +208,7 @@ export class FuseRelay {
       }
       let n: number;
       try {
-        n = readv(this.mount.fd, [slot.bytes.subarray(0, HEAD), slot.bytes.subarray(DATA_AT, DATA_AT + this.device.dataRoom)]);
+        n = readv(this.mount.fd, this.readBuffers(slot));
       } catch (e) {
         this.device.releaseSlot(slot);
         if (isErrnoError(e, 'ENODEV')) this.teardown('unmounted');
@@ -216,6 +221,13 @@ export class FuseRelay {
       }
       void this.forward(slot, n);
     }
+  }
+
+  private readBuffers(slot: Slot): Uint8Array[] {
+    return (this.slotReadBuffers[slot.index] ??= [
+      slot.bytes.subarray(0, HEAD),
+      slot.bytes.subarray(DATA_AT, DATA_AT + this.device.dataRoom),
+    ]);
   }
 
   private async forward(slot: Slot, n: number): Promise<void> {
@@ -248,12 +260,13 @@ export class FuseRelay {
       const requested = opcode === Opcode.READLINK ? 4095 : requestedReplySize(opcode, view, fuse_in_header.size);
       const room = replyRoom(opcode, requested);
       // A reply with data needs the data area: move a request's spill-over (names) up behind its head.
+      // Scratch segment lists: submit copies them before it returns, so one pair serves every request.
       let readable: number[];
-      if (n <= HEAD) readable = [0, n];
-      else if (room.data === 0) readable = [0, HEAD, DATA_AT, n - HEAD];
+      if (n <= HEAD) readable = fill(this.readable, 0, n, 0, 0);
+      else if (room.data === 0) readable = fill(this.readable, 0, HEAD, DATA_AT, n - HEAD);
       else if (n <= REQUEST_ROOM) {
         slot.bytes.copyWithin(HEAD, DATA_AT, DATA_AT + n - HEAD);
-        readable = [0, n];
+        readable = fill(this.readable, 0, n, 0, 0);
       } else {
         this.log(`${opcodeName(opcode)}: request of ${n} bytes does not fit: EIO`);
         this.replyError(unique, EIO);
@@ -268,11 +281,12 @@ export class FuseRelay {
         return;
       }
       if (NO_REPLY.has(opcode)) {
-        await this.device.submit(slot, true, readable, []);
+        await this.device.submit(slot, true, readable, NO_SEGMENTS);
         failed = false;
         return;
       }
-      const usedLen = await this.device.submit(slot, false, readable, [REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data]);
+      const writable = fill(this.writable, REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data);
+      const usedLen = await this.device.submit(slot, false, readable, writable);
       failed = this.replyToKernel(slot, opcode, unique, usedLen, room.fixed, room.data, requested);
     } catch (e) {
       this.log(`${opcodeName(opcode)} unique ${unique}: ${(e as Error).message}`);

@@ -30,7 +30,7 @@ import {
   type SupportedOpcode,
 } from '../protocol/index.ts';
 import { TransportError } from '../transport/transport.ts';
-import type { Slot, VirtioFsDevice } from '../virtio/virtio-fs-device.ts';
+import { fill, type Slot, type VirtioFsDevice } from '../virtio/virtio-fs-device.ts';
 import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM } from './slot-layout.ts';
 import { archOffer, describeArchMode, wireEncoding, type ArchMode } from './arch-mode.ts';
 import { WireTranslation } from './wire-translation.ts';
@@ -99,6 +99,8 @@ export class FuseSession {
   readonly maxRead: number;
   private uniqueCounter = 0;
   private closed = false;
+  private readonly readable = [0, 0, 0, 0];
+  private readonly writable = [0, 0, 0, 0];
 
   private constructor(
     readonly device: VirtioFsDevice,
@@ -193,15 +195,17 @@ export class FuseSession {
         this.log(`${opcode}: not sent: ${e.message}`);
         throw new ErrnoError(opcode.toLowerCase(), EINVAL, e.message);
       }
-      const readable = [REQUEST_AT, written, DATA_AT, data?.length ?? 0];
+      // Scratch segment lists: submit copies them before it returns, so one pair serves every request.
+      const readable = fill(this.readable, REQUEST_AT, written, DATA_AT, data?.length ?? 0);
       if (options.hiprio) {
         // A device may answer an INTERRUPT (EAGAIN: not yet); QEMU 7.2's virtiofsd crashes if it has no room to.
-        await this.device.submit(slot, true, readable, opcode === 'INTERRUPT' ? [REPLY_AT, fuse_out_header.size] : NOTHING);
+        const writable = opcode === 'INTERRUPT' ? fill(this.writable, REPLY_AT, fuse_out_header.size, 0, 0) : NOTHING;
+        await this.device.submit(slot, true, readable, writable);
         return undefined as T;
       }
       const room = replyRoom(Opcode[opcode], options.requestedSize);
       if (room.data > this.device.dataRoom) throw new RangeError(`${opcode}: asks for ${room.data} bytes, more than ${this.device.dataRoom}`);
-      const writable = [REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data];
+      const writable = fill(this.writable, REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data);
       let usedLen: number;
       try {
         usedLen = await this.submitWithTimeout(slot, opcode, unique, readable, writable, () => (owned = false));

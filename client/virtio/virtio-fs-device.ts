@@ -286,6 +286,15 @@ export class VirtioFsDevice {
   }
 }
 
+/** Sets two slot-relative (offset, length) segments in `into`, for submit; returns it. */
+export function fill(into: number[], at0: number, len0: number, at1: number, len1: number): number[] {
+  into[0] = at0;
+  into[1] = len0;
+  into[2] = at1;
+  into[3] = len1;
+  return into;
+}
+
 /** Slot-relative (offset, length) pairs to region offsets, skipping empty segments. */
 function toRegion(segments: readonly number[], base: number, out: number[]): void {
   out.length = 0;
