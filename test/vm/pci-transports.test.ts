@@ -80,9 +80,12 @@ test('no IOMMU: UIO (uio_pci_generic) then VFIO (no-IOMMU mode) drive the device
       ${GUEST_SH.findVirtiofsBdf}
       ${GUEST_SH.bindUio}
       ${session('uio', 'uio:${UIO#/dev/}')}
-      ${GUEST_SH.bindVfio}
+      node bin/virtiofs-client.js devices | sed 's/^/DEVICES=/'
+      # The project's own bind command moves it from uio_pci_generic to vfio-pci (modules loaded first).
+      vm_load_vfio_noiommu || exit 1
+      node bin/virtiofs-client.js bind "$BDF" vfio-pci | sed 's/^/BIND=/'
       ${session('vfio', 'vfio:$BDF')}
-      node bin/virtiofs-client.js devices
+      node bin/virtiofs-client.js devices | sed 's/^/DEVICES=/'
     `,
   );
   t.deepEqual(r.get('PROBE_FAILED'), undefined);
@@ -91,6 +94,9 @@ test('no IOMMU: UIO (uio_pci_generic) then VFIO (no-IOMMU mode) drive the device
   expectSession(t, r, 1, /^vfio \(no-IOMMU\):/);
   t.is(r.get('INTERRUPTS')?.[0], 'intx', 'uio_pci_generic gives the legacy interrupt');
   t.is(shared, 'uio,vfio', 'the host sees the files written through both transports');
+  t.regex(r.get('DEVICES')?.[0] ?? '', /driver uio_pci_generic .*--transport uio:uio0/);
+  t.regex(r.get('BIND')?.[0] ?? '', /bound to vfio-pci/);
+  t.regex(r.get('DEVICES')?.[1] ?? '', /driver vfio-pci .*--transport vfio:/);
 });
 
 test('QEMU intel-iommu: VFIO type1 with DMA mapped at IOVA = guest-physical', async (t) => {
