@@ -44,8 +44,6 @@ architectures (and other names they answer to):
 ${architectures.map((a) => `  ${a.name.padEnd(12)} ${[a.family, ...a.aliases].filter((n) => n !== a.name).join(', ')}`.trimEnd()).join('\n')}`;
 
 export const archCommand: Command = {
-  name: 'arch',
-  summary: 'show the per-architecture encoding tables; translate a value between architectures',
   usage,
   async run(args: string[]): Promise<number> {
     const { values, positionals } = parse(args);

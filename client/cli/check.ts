@@ -22,8 +22,6 @@ device's root and removes it. Exit status 0 only when everything matched.
   --json                       the report as JSON`;
 
 export const checkCommand: Command = {
-  name: 'check',
-  summary: 'probe a device: does it read open flags, errno and lock types as the client meant?',
   usage,
   async run(args: string[]): Promise<number> {
     const { values, positionals } = parseArgs({

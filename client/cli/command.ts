@@ -1,8 +1,5 @@
-/** One CLI subcommand: `virtiofs-client <name> ...`. */
+/** One CLI subcommand's implementation, loaded only when that command runs (see main.ts). */
 export interface Command {
-  readonly name: string;
-  /** One line for the command list. */
-  readonly summary: string;
   /** Full help text, shown by `virtiofs-client <name> --help`. */
   readonly usage: string;
   /** Returns the process exit status. */

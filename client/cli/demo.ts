@@ -27,8 +27,6 @@ shell commands on the mount. Then it unmounts and removes everything. Needs root
   --keep   stay mounted until Ctrl-C (then clean up as usual)`;
 
 export const demoCommand: Command = {
-  name: 'demo',
-  summary: 'start a real virtiofsd on sample files, mount it, and run a short session on it',
   usage,
   async run(args: string[]): Promise<number> {
     const { values } = parseArgs({ args, options: { keep: { type: 'boolean', default: false } } });

@@ -5,8 +5,6 @@ import type { Command } from './command.ts';
 import { UsageError } from './command.ts';
 
 export const devicesCommand: Command = {
-  name: 'devices',
-  summary: 'list virtio-fs PCI functions, their driver, and how to use them',
   usage: `usage: virtiofs-client devices [--json]
 
 Lists PCI functions 1af4:105a (virtio-fs) with their current driver. To drive
@@ -36,8 +34,6 @@ or uio:<uioN>.`,
 };
 
 export const bindCommand: Command = {
-  name: 'bind',
-  summary: 'bind a PCI function to vfio-pci, uio_pci_generic or back to virtio_pci',
   usage: `usage: virtiofs-client bind <pci address> <driver>
 
 Unbinds the function from its driver and binds it to <driver> (vfio-pci,

@@ -2,18 +2,19 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdirSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { resolveArch } from '../arch/index.ts';
 import { parseArchMode, type ArchMode } from '../fuse/arch-mode.ts';
 import { RUN_DIR, logPath, serveStatus, stopServing } from '../frontend/control.ts';
 import { FuseRelay } from '../frontend/relay.ts';
 import type { FuseNativeFrontend } from '../frontend/fuse-native/frontend.ts';
-import { TRANSPORT_SYNTAX } from '../transport/open.ts';
+import { isMountFlag } from '../frontend/fuse-mount.ts';
+import { TRANSPORT_SYNTAX } from '../transport/spec.ts';
 import type { Command } from './command.ts';
 import { UsageError } from './command.ts';
 
 const usage = `usage: virtiofs-client mount --transport <transport> [options] <mountpoint>
+       virtiofs-client <transport> <mountpoint> [-o <options>]     (mount(8) form)
 
 Mounts a virtio-fs device on <mountpoint>. This machine's FUSE module makes the
 requests (as its virtio_fs driver would); virtiofs-client carries them to the
@@ -40,6 +41,18 @@ other user mounts through fusermount3 (Debian's fuse3) on a mountpoint they own.
   --foreground           stay in the foreground (Ctrl-C unmounts); otherwise the
                          relay continues in the background once the mount is ready
                          and logs to ${RUN_DIR}/<id>.log
+  -o <opt,opt,...>       the options above in mount(8) form: allow_other, arch_mode=<mode>,
+                         device_arch=<arch>, frontend=<f>, queues=<n>, queue_size=<n>,
+                         busy_poll, trace; and mount(8)'s generic flags (ro, rw, noexec,
+                         noatime, nosuid, suid, nodev, dev, sync, ...; default nosuid,nodev).
+                         defaults, auto, noauto, user, users, nofail, _netdev and x-*
+                         are fstab's and ignored here.
+
+mount(8) and fstab: with virtiofs-client on the PATH, \`mount -t fuse.virtiofs-client
+vhost-user:/run/vfs.sock /mnt/share -o arch_mode=auto\` runs mount.fuse3 (Debian's fuse3),
+which runs \`virtiofs-client vhost-user:/run/vfs.sock /mnt/share -o ...\`. fstab:
+  vhost-user:/run/vfs.sock  /mnt/share  fuse.virtiofs-client  arch_mode=auto,_netdev  0  0
+\`umount /mnt/share\` ends the mount; the relay process exits by itself.
 
 See also: virtiofs-client status, virtiofs-client unmount <mountpoint>.`;
 
@@ -54,6 +67,10 @@ interface MountArgs {
   busyPoll: boolean;
   trace: boolean;
   foreground: boolean;
+  /** mount(8)'s generic flags from -o, in order. */
+  mountFlags: string[];
+  /** The mount(8) form: print nothing when mounted (mount(8) helpers are silent). */
+  quiet: boolean;
   /** Internal: a background child reports readiness over IPC. */
   notifyParent: boolean;
 }
@@ -65,9 +82,55 @@ function positiveInt(name: string, text: string | undefined): number | undefined
   return n;
 }
 
-function parse(args: string[]): MountArgs {
+/** -o names and the long option each stands for (a value after '=' where the option takes one). */
+const O_OPTIONS: Readonly<Record<string, { option: string; value: boolean }>> = {
+  allow_other: { option: 'allow-other', value: false },
+  arch_mode: { option: 'arch-mode', value: true },
+  device_arch: { option: 'device-arch', value: true },
+  frontend: { option: 'frontend', value: true },
+  queues: { option: 'queues', value: true },
+  queue_size: { option: 'queue-size', value: true },
+  busy_poll: { option: 'busy-poll', value: false },
+  trace: { option: 'trace', value: false },
+};
+
+/** What fstab and mount(8) put in -o for their own use. */
+function isFstabOnly(name: string): boolean {
+  return ['defaults', 'auto', 'noauto', 'user', 'nouser', 'users', 'owner', 'group', 'nofail', '_netdev', 'comment'].includes(name) || name.startsWith('x-');
+}
+
+/**
+ * Expands `-o a,b=c` into the long options they stand for (placed before the command line's
+ * own, so an explicit --option wins) and mount(8)'s generic flags.
+ */
+export function expandMountOptions(lists: readonly string[]): { args: string[]; flags: string[] } {
+  const args: string[] = [];
+  const flags: string[] = [];
+  for (const item of lists.flatMap((list) => list.split(',')).filter(Boolean)) {
+    const eq = item.indexOf('=');
+    const name = eq < 0 ? item : item.slice(0, eq);
+    const value = eq < 0 ? undefined : item.slice(eq + 1);
+    const known = O_OPTIONS[name];
+    if (known) {
+      if (known.value !== (value !== undefined)) {
+        throw new UsageError(known.value ? `-o ${name} wants a value (${name}=...)` : `-o ${name} takes no value`);
+      }
+      args.push(`--${known.option}`, ...(value === undefined ? [] : [value]));
+    } else if (isMountFlag(name) && value === undefined) {
+      flags.push(name);
+    } else if (!isFstabOnly(name)) {
+      throw new UsageError(`-o ${item}: unknown mount option (see virtiofs-client mount --help)`);
+    }
+  }
+  return { args, flags };
+}
+
+function parse(commandLine: string[]): MountArgs {
+  const oLists = parseArgs({ args: commandLine, allowPositionals: true, strict: false, options: { options: { type: 'string', short: 'o', multiple: true } } })
+    .values.options as string[] | undefined;
+  const expanded = expandMountOptions(oLists ?? []);
   const { values, positionals } = parseArgs({
-    args,
+    args: [...expanded.args, ...commandLine],
     allowPositionals: true,
     options: {
       transport: { type: 'string' },
@@ -80,6 +143,8 @@ function parse(args: string[]): MountArgs {
       'busy-poll': { type: 'boolean', default: false },
       trace: { type: 'boolean', default: false },
       foreground: { type: 'boolean', default: false },
+      options: { type: 'string', short: 'o', multiple: true },
+      quiet: { type: 'boolean', default: false },
       'notify-parent': { type: 'boolean', default: false },
     },
   });
@@ -110,6 +175,8 @@ function parse(args: string[]): MountArgs {
     busyPoll: values['busy-poll']!,
     trace: values.trace!,
     foreground: values.foreground!,
+    mountFlags: expanded.flags,
+    quiet: values.quiet!,
     notifyParent: values['notify-parent']!,
   };
 }
@@ -128,6 +195,7 @@ async function serve(a: MountArgs): Promise<number> {
       requestQueues: a.queues,
       queueSize: a.queueSize,
       allowOther: a.allowOther,
+      mountFlags: a.mountFlags,
       busyPoll: a.busyPoll,
       log,
       trace: a.trace ? (line) => console.error(line) : undefined,
@@ -158,8 +226,9 @@ function background(args: string[], a: MountArgs): Promise<number> {
   mkdirSync(RUN_DIR, { recursive: true });
   const log = logPath(a.mountpoint);
   const out = openSync(log, 'a');
-  const bin = fileURLToPath(new URL('../../bin/virtiofs-client.js', import.meta.url));
-  const child = spawn(process.execPath, [bin, 'mount', ...args, '--foreground', '--notify-parent'], {
+  // The same entry point this process started from (bin/virtiofs-client.js in a checkout, the
+  // package's compiled main.js when installed), with the same node flags.
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'mount', ...args, '--foreground', '--notify-parent'], {
     detached: true,
     stdio: ['ignore', out, out, 'ipc'],
   });
@@ -167,7 +236,7 @@ function background(args: string[], a: MountArgs): Promise<number> {
   return new Promise((resolveStatus, reject) => {
     child.once('message', (m: { ready?: string; error?: string }) => {
       if (m.ready) {
-        console.log(`${m.ready}\nlog: ${log}`);
+        if (!a.quiet) console.log(`${m.ready}\nlog: ${log}`);
         child.disconnect();
         child.unref();
         resolveStatus(0);
@@ -180,8 +249,6 @@ function background(args: string[], a: MountArgs): Promise<number> {
 }
 
 export const mountCommand: Command = {
-  name: 'mount',
-  summary: 'mount a virtio-fs device on a local directory (relayed through /dev/fuse)',
   usage,
   async run(args: string[]): Promise<number> {
     const a = parse(args);

@@ -28,8 +28,6 @@ function render(s: RelayStatus): string {
 }
 
 export const statusCommand: Command = {
-  name: 'status',
-  summary: 'show running mounts: negotiation result, arch outcome, per-opcode counts and latency',
   usage,
   async run(args: string[]): Promise<number> {
     const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean', default: false } } });

@@ -10,8 +10,6 @@ Unmounts a virtiofs-client mount; its relay process notices and exits. Also
 clears a stale mount left by a crashed run (lazily, if files are still open).`;
 
 export const unmountCommand: Command = {
-  name: 'unmount',
-  summary: 'unmount a virtiofs-client mount (also a stale one left by a crash)',
   usage,
   async run(args: string[]): Promise<number> {
     const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });

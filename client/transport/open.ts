@@ -4,16 +4,15 @@ import { UioFunction } from './pci/uio.ts';
 import { VfioFunction } from './pci/vfio.ts';
 import { VirtioPciTransport } from './pci/virtio-pci.ts';
 import { VhostUserTransport } from './vhost-user/frontend.ts';
+import { TRANSPORT_SYNTAX, parseTransportSpec } from './spec.ts';
 
-export const TRANSPORT_SYNTAX = 'vhost-user:<socket>, vfio:<pci address>, uio:<uioN or pci address>';
+export { TRANSPORT_SYNTAX } from './spec.ts';
 
 export function openTransport(spec: string): VirtioTransport {
-  const colon = spec.indexOf(':');
-  const kind = colon < 0 ? spec : spec.slice(0, colon);
-  const where = colon < 0 ? '' : spec.slice(colon + 1);
-  if (kind === 'vhost-user' && where) return VhostUserTransport.connect(where);
-  if ((kind === 'vfio' || kind === 'uio') && where) {
-    const fn = kind === 'vfio' ? new VfioFunction(where) : new UioFunction(where);
+  const parsed = parseTransportSpec(spec);
+  if (parsed?.kind === 'vhost-user') return VhostUserTransport.connect(parsed.where);
+  if (parsed) {
+    const fn = parsed.kind === 'vfio' ? new VfioFunction(parsed.where) : new UioFunction(parsed.where);
     try {
       return new VirtioPciTransport(fn);
     } catch (e) {
