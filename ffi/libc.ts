@@ -55,6 +55,14 @@ export const EPOLLRDHUP = 0x2000;
 export const MS_RDONLY = 1;
 export const MS_NOSUID = 2;
 export const MS_NODEV = 4;
+export const MS_NOEXEC = 8;
+export const MS_SYNCHRONOUS = 16;
+export const MS_DIRSYNC = 128;
+export const MS_NOATIME = 1024;
+export const MS_NODIRATIME = 2048;
+export const MS_RELATIME = 1 << 21;
+export const MS_STRICTATIME = 1 << 24;
+export const MS_LAZYTIME = 1 << 25;
 export const MNT_DETACH = 2;
 
 const POINTER_BITS = 8 * koffi.sizeof('void *');

@@ -7,7 +7,23 @@
 import { closeSync, constants, openSync, readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ErrnoError, isErrnoError } from '../../ffi/errno.ts';
-import { MNT_DETACH, MS_NODEV, MS_NOSUID, mount, setNonBlocking, umount2 } from '../../ffi/libc.ts';
+import {
+  MNT_DETACH,
+  MS_DIRSYNC,
+  MS_LAZYTIME,
+  MS_NOATIME,
+  MS_NODEV,
+  MS_NODIRATIME,
+  MS_NOEXEC,
+  MS_NOSUID,
+  MS_RDONLY,
+  MS_RELATIME,
+  MS_STRICTATIME,
+  MS_SYNCHRONOUS,
+  mount,
+  setNonBlocking,
+  umount2,
+} from '../../ffi/libc.ts';
 import { UnixSocket } from '../../ffi/unix-socket.ts';
 import { spawnSync } from 'node:child_process';
 
@@ -25,9 +41,56 @@ export class MountError extends Error {
   }
 }
 
+/**
+ * mount(8)'s generic flags, by name: the MS_* bit each sets or clears. fusermount3 and libfuse
+ * take the same names, so one list serves mount(2), fusermount3 and fuse-native.
+ */
+const MOUNT_FLAGS: Readonly<Record<string, readonly [bit: number, set: boolean]>> = {
+  ro: [MS_RDONLY, true],
+  rw: [MS_RDONLY, false],
+  nosuid: [MS_NOSUID, true],
+  suid: [MS_NOSUID, false],
+  nodev: [MS_NODEV, true],
+  dev: [MS_NODEV, false],
+  noexec: [MS_NOEXEC, true],
+  exec: [MS_NOEXEC, false],
+  sync: [MS_SYNCHRONOUS, true],
+  async: [MS_SYNCHRONOUS, false],
+  dirsync: [MS_DIRSYNC, true],
+  noatime: [MS_NOATIME, true],
+  atime: [MS_NOATIME, false],
+  nodiratime: [MS_NODIRATIME, true],
+  diratime: [MS_NODIRATIME, false],
+  relatime: [MS_RELATIME, true],
+  norelatime: [MS_RELATIME, false],
+  strictatime: [MS_STRICTATIME, true],
+  lazytime: [MS_LAZYTIME, true],
+  nolazytime: [MS_LAZYTIME, false],
+};
+
+/** Our mounts are nosuid,nodev unless the flags say otherwise (`-o suid,dev`, as mount.fuse3 passes for root). */
+const DEFAULT_FLAGS = MS_NOSUID | MS_NODEV;
+
+export function isMountFlag(name: string): boolean {
+  return Object.hasOwn(MOUNT_FLAGS, name);
+}
+
+/** The mount(2) flags for these names, applied in order over the defaults. */
+export function mountFlagBits(names: readonly string[]): number {
+  let bits = DEFAULT_FLAGS;
+  for (const name of names) {
+    const flag = MOUNT_FLAGS[name];
+    if (!flag) throw new MountError(`'${name}' is not a mount flag this mount understands`, 'EINVAL');
+    bits = flag[1] ? bits | flag[0] : bits & ~flag[0];
+  }
+  return bits;
+}
+
 export interface MountOptions {
   /** Let users other than root use the mount. */
   allowOther?: boolean;
+  /** mount(8)'s generic flags (ro, noexec, noatime, suid, dev, ...), applied over nosuid,nodev. */
+  flags?: readonly string[];
   /** Source name shown in /proc/mounts (the transport). */
   source?: string;
 }
@@ -112,10 +175,14 @@ export class FuseMount {
       'default_permissions',
       ...(options.allowOther ? ['allow_other'] : []),
     ];
-    if (uid !== 0) return new FuseMount(mountWithFusermount(target, fsOptions, options.source ?? 'virtiofs-client'), target, true);
-    const fd = openSync('/dev/fuse', constants.O_RDWR | constants.O_NONBLOCK); // libuv adds O_CLOEXEC
+    mountFlagBits(options.flags ?? []); // refuses unknown names before anything is mounted
+    if (uid !== 0) {
+      const fd = mountWithFusermount(target, [...fsOptions, 'nosuid', 'nodev', ...(options.flags ?? [])], options.source ?? 'virtiofs-client');
+      return new FuseMount(fd, target, true);
+    }
+    const fd = openFuseDevice();
     try {
-      mount(options.source ?? 'virtiofs-client', target, FS_TYPE, MS_NOSUID | MS_NODEV, [`fd=${fd}`, ...fsOptions].join(','));
+      mount(options.source ?? 'virtiofs-client', target, FS_TYPE, mountFlagBits(options.flags ?? []), [`fd=${fd}`, ...fsOptions].join(','));
     } catch (e) {
       closeSync(fd);
       throw e;
@@ -135,6 +202,19 @@ export class FuseMount {
     } catch {
       // already closed
     }
+  }
+}
+
+/** /dev/fuse, non-blocking (libuv adds O_CLOEXEC); a missing FUSE module says which modprobe. */
+function openFuseDevice(): number {
+  try {
+    return openSync('/dev/fuse', constants.O_RDWR | constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    if (code === 'ENOENT' || code === 'ENODEV' || code === 'ENXIO') {
+      throw new MountError(`/dev/fuse is missing (${code}): load the FUSE module with 'modprobe fuse'`, code);
+    }
+    throw e;
   }
 }
 

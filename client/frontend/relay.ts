@@ -54,6 +54,8 @@ export interface RelayOptions extends DeviceOptions, Omit<SessionOptions, 'initF
   transport: string | VirtioTransport;
   mountpoint: string;
   allowOther?: boolean;
+  /** mount(8)'s generic flags (ro, noexec, noatime, suid, dev, ...); default nosuid,nodev. */
+  mountFlags?: readonly string[];
   /** Called with one decoded line per request and per reply. */
   trace?: (line: string) => void;
 }
@@ -106,7 +108,7 @@ export class FuseRelay {
     // Mount before touching the device, so a refused mount leaves the device unused
     // (a virtiofsd serves one connection). The kernel's INIT simply waits meanwhile.
     const source = typeof options.transport === 'string' ? options.transport : options.transport.description;
-    const mount = FuseMount.open(options.mountpoint, { allowOther: options.allowOther, source });
+    const mount = FuseMount.open(options.mountpoint, { allowOther: options.allowOther, flags: options.mountFlags, source });
     let transport: VirtioTransport | undefined;
     let device: VirtioFsDevice | undefined;
     try {

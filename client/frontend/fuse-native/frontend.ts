@@ -44,6 +44,8 @@ export interface FuseNativeOptions extends DeviceOptions, Omit<SessionOptions, '
   transport: string | VirtioTransport;
   mountpoint: string;
   allowOther?: boolean;
+  /** mount(8)'s generic flags (ro, noexec, noatime, ...), passed to libfuse as they are. */
+  mountFlags?: readonly string[];
   /** Called with one line per operation and its outcome. */
   trace?: (line: string) => void;
   /** Names the node cache keeps at most. */
@@ -196,6 +198,7 @@ export class FuseNativeFrontend {
       // The kernel checks permissions from the attributes, as for the relay.
       'default_permissions',
       ...(this.options.allowOther ? ['allow_other'] : []),
+      ...(this.options.mountFlags ?? []),
       // The device's inode numbers in stat(2), not libfuse's own (low 32 bits: fuse-native's limit).
       'use_ino',
       'nonempty',
