@@ -6,7 +6,7 @@
  * each other: contiguousFrom() stops at a page boundary unless the next page
  * happens to follow physically.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import type { DmaRegion } from './dma.ts';
 import { ErrnoError, errnoNumber } from './errno.ts';
 import { munmap, mmap, viewMemory } from './libc.ts';
@@ -39,7 +39,13 @@ export class HugepageMemory implements DmaRegion {
       this.userAddress = mmap(this.size, PROT_READ_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE | MAP_LOCKED, -1);
     } catch (e) {
       if (e instanceof ErrnoError && (e.code === 'ENOMEM' || e.code === 'EAGAIN')) {
-        throw new ErrnoError('mmap', e.errno, `${this.size >> 20} MiB of 2 MiB hugepages: reserve them first (echo N > /proc/sys/vm/nr_hugepages, or hugepages=N on the kernel command line)`);
+        const pages = this.size / HUGEPAGE_BYTES;
+        const { total, free } = hugepageCounts();
+        throw new ErrnoError(
+          'mmap',
+          e.errno,
+          `DMA memory needs ${pages} free 2 MiB hugepages, ${free} of ${total} are: reserve more with 'echo ${total - free + pages} > /proc/sys/vm/nr_hugepages' (or hugepages=${total - free + pages} on the kernel command line)`,
+        );
       }
       throw e;
     }
@@ -106,4 +112,11 @@ function physicalAddresses(start: bigint, pages: number): bigint[] {
   } finally {
     closeSync(fd);
   }
+}
+
+/** HugePages_Total and HugePages_Free of /proc/meminfo (the default size, 2 MiB on x86). */
+function hugepageCounts(): { total: number; free: number } {
+  const meminfo = readFileSync('/proc/meminfo', 'utf8');
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(meminfo)?.[1] ?? 0);
+  return { total: field('HugePages_Total'), free: field('HugePages_Free') };
 }

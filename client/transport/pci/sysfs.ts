@@ -30,16 +30,55 @@ export function virtioFsFunctions(): PciFsFunction[] {
     });
 }
 
+/** Throws a one-line error unless `address` exists and is a virtio-fs function (1af4:105a). */
+export function requireVirtioFsFunction(address: string): void {
+  const dir = `${DEVICES}/${address}`;
+  if (!existsSync(dir)) throw new TransportError(`no PCI function ${address} (see virtiofs-client devices)`, 'ENOENT');
+  const vendor = hex(`${dir}/vendor`);
+  const device = hex(`${dir}/device`);
+  if (vendor !== VIRTIO_VENDOR_ID || device !== VIRTIO_FS_DEVICE_ID) {
+    const id = (n: number) => n.toString(16).padStart(4, '0');
+    throw new TransportError(`${address} is ${id(vendor)}:${id(device)}, not a virtio-fs function (${id(VIRTIO_VENDOR_ID)}:${id(VIRTIO_FS_DEVICE_ID)}): see virtiofs-client devices`, 'ENODEV');
+  }
+}
+
+/** The driver bound to `address` (vfio-pci, uio_pci_generic, virtio-pci, ...), or undefined. */
+export function boundDriver(address: string): string | undefined {
+  const link = `${DEVICES}/${address}/driver`;
+  return existsSync(link) ? basename(readlinkSync(link)) : undefined;
+}
+
+/** How to load `driver`'s module: a command line, or '' when it is loaded. */
+function loadCommand(driver: string): string {
+  if (existsSync(`/sys/bus/pci/drivers/${driver}`)) return '';
+  // Without an IOMMU, vfio must be loaded in no-IOMMU mode before vfio-pci pulls it in.
+  const noIommu = driver === 'vfio-pci' && !hasIommu() ? 'modprobe vfio enable_unsafe_noiommu_mode=1 && ' : '';
+  return `${noIommu}modprobe ${driver}`;
+}
+
+function hasIommu(): boolean {
+  return existsSync('/sys/class/iommu') && readdirSync('/sys/class/iommu').length > 0;
+}
+
+/**
+ * What to run so that `address` is driven by `driver`, for an error message: the modprobe its
+ * module needs, if any, then the bind, e.g. `0000:00:04.0 is bound to virtio-pci, not vfio-pci:
+ * run 'modprobe vfio-pci && virtiofs-client bind 0000:00:04.0 vfio-pci'`.
+ */
+export function bindAdvice(address: string, driver: 'vfio-pci' | 'uio_pci_generic'): string {
+  const load = loadCommand(driver);
+  return `${address} is bound to ${boundDriver(address) ?? 'no driver'}, not ${driver}: run '${load ? `${load} && ` : ''}virtiofs-client bind ${address} ${driver}'`;
+}
+
 /** Unbinds `address` from its driver and binds it to `driver` (the module must be loaded). */
 export function bindDriver(address: string, driver: string): void {
   const dir = `${DEVICES}/${address}`;
-  if (!existsSync(dir)) throw new TransportError(`no PCI function ${address}`, 'ENOENT');
-  if (!existsSync(`/sys/bus/pci/drivers/${driver}`)) {
-    throw new TransportError(`driver ${driver} is not loaded (modprobe ${driver}${driver === 'vfio-pci' ? '; without an IOMMU: modprobe vfio enable_unsafe_noiommu_mode=1' : ''})`, 'ENOENT');
-  }
+  if (!existsSync(dir)) throw new TransportError(`no PCI function ${address} (see virtiofs-client devices)`, 'ENOENT');
+  const load = loadCommand(driver);
+  if (load) throw new TransportError(`driver ${driver} is not loaded: run '${load}' first`, 'ENOENT');
   if (existsSync(`${dir}/driver`)) writeFileSync(`${dir}/driver/unbind`, address);
   writeFileSync(`${dir}/driver_override`, driver);
   writeFileSync('/sys/bus/pci/drivers_probe', address);
-  const now = existsSync(`${dir}/driver`) ? basename(readlinkSync(`${dir}/driver`)) : undefined;
+  const now = boundDriver(address);
   if (now !== driver) throw new TransportError(`${address}: ${driver} did not take it (bound to ${now ?? 'nothing'}; see dmesg)`, 'EIO');
 }

@@ -12,6 +12,7 @@ import { mmap, munmap, viewMemory } from '../../../ffi/libc.ts';
 import { Mmio } from '../../../ffi/mmio.ts';
 import { sharedPoller } from '../../../ffi/poller.ts';
 import { TransportError } from '../transport.ts';
+import { bindAdvice, requireVirtioFsFunction } from './sysfs.ts';
 import { readConfig, writeConfig } from './config-file.ts';
 import { PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, type InterruptMode, type PciFunction } from './pci-function.ts';
 
@@ -22,9 +23,10 @@ const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 /** 'uio0' or a BDF -> the BDF and its uio device name. */
 function resolveUio(name: string): { address: string; uio: string } {
   if (BDF.test(name)) {
+    requireVirtioFsFunction(name);
     const dir = `/sys/bus/pci/devices/${name}/uio`;
     const uio = existsSync(dir) ? readdirSync(dir)[0] : undefined;
-    if (!uio) throw new TransportError(`${name} is not bound to uio_pci_generic (virtiofs-client bind ${name} uio_pci_generic)`, 'ENODEV');
+    if (!uio) throw new TransportError(bindAdvice(name, 'uio_pci_generic'), 'ENODEV');
     return { address: name, uio };
   }
   if (!existsSync(`/sys/class/uio/${name}`)) throw new TransportError(`no UIO device ${name} (see virtiofs-client devices)`, 'ENOENT');

@@ -17,6 +17,7 @@ import { sharedPoller } from '../../../ffi/poller.ts';
 import type { Struct } from '../../../ffi/struct.ts';
 import * as v from '../../../ffi/vfio.ts';
 import { TransportError } from '../transport.ts';
+import { bindAdvice, boundDriver, requireVirtioFsFunction } from './sysfs.ts';
 import { readConfig, writeConfig } from './config-file.ts';
 import type { InterruptMode, PciFunction } from './pci-function.ts';
 
@@ -47,18 +48,22 @@ export class VfioFunction implements PciFunction {
 
   constructor(readonly address: string) {
     const sysfs = `/sys/bus/pci/devices/${address}`;
-    if (!existsSync(sysfs)) throw new TransportError(`no PCI function ${address} (see virtiofs-client devices)`, 'ENOENT');
+    requireVirtioFsFunction(address);
+    if (boundDriver(address) !== 'vfio-pci') throw new TransportError(bindAdvice(address, 'vfio-pci'), 'ENODEV');
     let groupName: string;
     try {
       groupName = basename(readlinkSync(`${sysfs}/iommu_group`));
     } catch {
-      throw new TransportError(`${address} has no IOMMU group: is it bound to vfio-pci? (virtiofs-client bind ${address} vfio-pci)`, 'ENODEV');
+      throw new TransportError(
+        `${address} has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on), or load vfio in no-IOMMU mode ('modprobe vfio enable_unsafe_noiommu_mode=1') before vfio-pci`,
+        'ENODEV',
+      );
     }
     const noIommuPath = `/dev/vfio/noiommu-${groupName}`;
     this.noIommu = existsSync(noIommuPath);
     const groupPath = this.noIommu ? noIommuPath : `/dev/vfio/${groupName}`;
     if (!existsSync(groupPath)) {
-      throw new TransportError(`${groupPath} missing: bind ${address} to vfio-pci first (virtiofs-client bind ${address} vfio-pci)`, 'ENODEV');
+      throw new TransportError(`${groupPath} missing although ${address} is bound to vfio-pci: is udev or devtmpfs creating /dev/vfio nodes?`, 'ENODEV');
     }
     this.description = this.noIommu ? 'vfio (no-IOMMU)' : 'vfio';
     this.container = openSync('/dev/vfio/vfio', 'r+');
@@ -67,7 +72,10 @@ export class VfioFunction implements PciFunction {
       this.group = openSync(groupPath, 'r+');
       const status = call(this.group, v.VFIO_GROUP_GET_STATUS, v.vfio_group_status, {});
       if (!(status.flags & v.VFIO_GROUP_FLAGS_VIABLE)) {
-        throw new TransportError(`IOMMU group ${groupName} is not viable: every device in it must be bound to vfio-pci`, 'EBUSY');
+        throw new TransportError(
+          `IOMMU group ${groupName} is not viable: every device in it must be bound to vfio-pci or no driver (ls /sys/kernel/iommu_groups/${groupName}/devices)`,
+          'EBUSY',
+        );
       }
       const containerFd = new Uint8Array(4);
       new DataView(containerFd.buffer).setInt32(0, this.container, true);

@@ -4,6 +4,7 @@
  * afterwards the socket is only watched for the backend hanging up, and the
  * queues run on memory and eventfds alone.
  */
+import { statSync } from 'node:fs';
 import type { DmaRegion } from '../../../ffi/dma.ts';
 import { ErrnoError, isErrnoError } from '../../../ffi/errno.ts';
 import { EventFd } from '../../../ffi/event-fd.ts';
@@ -273,8 +274,38 @@ function connectWhenListening(path: string, timeoutMs: number): UnixSocket {
     try {
       return UnixSocket.connect(path);
     } catch (e) {
-      if (!isErrnoError(e, 'ECONNREFUSED') || Date.now() > deadline) throw e;
-      Atomics.wait(pause, 0, 0, 10);
+      if (isErrnoError(e, 'ECONNREFUSED') && Date.now() <= deadline) {
+        Atomics.wait(pause, 0, 0, 10);
+        continue;
+      }
+      throw isErrnoError(e) ? new TransportError(connectAdvice(path, e.code), e.code) : e;
     }
+  }
+}
+
+function isSocketFile(path: string): boolean {
+  try {
+    return statSync(path).isSocket();
+  } catch {
+    return false;
+  }
+}
+
+/** The likely cause of a failed connect to a backend's socket, and what to do: one line. */
+function connectAdvice(path: string, code: string): string {
+  switch (code) {
+    case 'ENOENT':
+      return `no vhost-user backend at ${path} (no such file): is the backend running, started with --socket-path=${path}?`;
+    case 'ECONNREFUSED':
+      if (!isSocketFile(path)) return `${path} is not a unix socket: give the backend's --socket-path`;
+      return `nothing listens on ${path}: the backend has exited or serves another frontend (virtiofsd serves one connection, then exits: start it again)`;
+    case 'ENOTSOCK':
+    case 'EPROTOTYPE':
+      return `${path} is not a listening unix socket: give the backend's --socket-path`;
+    case 'EACCES':
+    case 'EPERM':
+      return `no permission to connect to ${path} (${code}): run as root, or give this user access to the socket`;
+    default:
+      return `connect to ${path}: ${code}`;
   }
 }
