@@ -132,3 +132,32 @@ test('an unprivileged user mounts through fusermount3, uses the mount, and unmou
     t.is(mountsAt(mnt).length, 0);
   });
 });
+
+test('a transport that is not there names the likely cause in one line, and nothing stays mounted', async (t) => {
+  if (!requireRoot(t)) return;
+  const work = mkdtempSync(join(tmpdir(), 'vfs-cli-'));
+  const mnt = join(work, 'mnt');
+  mkdirSync(mnt);
+  try {
+    const missing = join(work, 'nope.sock');
+    const r1 = cli('mount', '--transport', `vhost-user:${missing}`, mnt);
+    t.is(r1.status, 1);
+    t.is(r1.stderr, `virtiofs-client: no vhost-user backend at ${missing} (no such file): is the backend running, started with --socket-path=${missing}?\n`);
+    const plain = join(work, 'plain');
+    writeFileSync(plain, '');
+    const r2 = cli('mount', '--transport', `vhost-user:${plain}`, mnt);
+    t.is(r2.stderr, `virtiofs-client: ${plain} is not a unix socket: give the backend's --socket-path\n`);
+    // A socket file nobody listens on: what a backend that exited leaves behind.
+    const dead = join(work, 'dead.sock');
+    spawnSync('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(dead)})`]);
+    t.true(statSync(dead).isSocket());
+    const r3 = cli('mount', '--transport', `vhost-user:${dead}`, mnt);
+    t.regex(r3.stderr, /^virtiofs-client: nothing listens on .*dead\.sock: the backend has exited .* start it again\)\n$/);
+    const r4 = cli('mount', '--transport', 'vhost-user', mnt);
+    t.regex(r4.stderr, /^virtiofs-client: transport 'vhost-user' not understood: expected vhost-user:<socket>, vfio:<pci address>, uio:<uioN or pci address>\n$/);
+    t.is(mountsAt(mnt).length, 0);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+    rmSync(logPath(mnt), { force: true });
+  }
+});
