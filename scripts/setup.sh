@@ -35,7 +35,8 @@ if (( for_tests )); then
   why[gcc]="cc and cpp: tests compile <linux/fuse.h> and preprocess each architecture's headers"
   why[python3]="the tests read xattrs of the shared directory with os.getxattr"
   why[git]="the mount tests run git init/commit/fsck inside a mounted directory"
-  needed+=(gcc python3 git)
+  why[systemd]="systemd-analyze verify checks the example units in examples/systemd"
+  needed+=(gcc python3 git systemd)
   # Every Linux architecture's uapi headers: the ground truth the arch tables are tested against.
   for a in amd64 i386 arm64 armhf alpha hppa m68k mips64el mipsel powerpc ppc64el riscv64 s390x sparc64; do
     why[linux-libc-dev-$a-cross]="$a's real fcntl.h/errno.h, compared with client/arch tables by the tests"
@@ -89,6 +90,9 @@ if (( ${#missing[@]} )); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# One install at a time: two set-ups racing in one checkout break each other's native builds.
+exec 9>>"${TMPDIR:-/tmp}/virtiofs-client-setup.lock"
+flock 9
 stamp=node_modules/.virtiofs-client-lock
 if [[ ! -f $stamp ]] || ! cmp -s package-lock.json "$stamp"; then
   say "installing node modules (npm ci; native addons koffi, ioctl-napi and fuse-native are built from source)"
