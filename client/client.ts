@@ -140,7 +140,7 @@ export class VirtioFsClient {
   }
 
   readlink(nodeid: bigint): Promise<string> {
-    return this.session.call('READLINK', nodeid, {}, { requestedSize: 4095 }, (r) => {
+    return this.session.call('READLINK', nodeid, {}, {}, (r) => {
       const { offset, length } = bytesOf(r.body);
       return new TextDecoder().decode(r.bytes.subarray(offset, offset + length));
     });
@@ -207,7 +207,7 @@ export class VirtioFsClient {
         'READ',
         nodeid,
         { arg: { fh, offset: BigInt(offset) + BigInt(done), size: want, flags } },
-        { requestedSize: want },
+        {},
         (r) => {
           const { offset: at, length } = bytesOf(r.body);
           out.set(r.bytes.subarray(at, at + length), done);
@@ -283,11 +283,11 @@ export class VirtioFsClient {
   }
 
   readdir(nodeid: bigint, fh: bigint, offset: bigint, size = 65536): Promise<Dirent[]> {
-    return this.session.call('READDIR', nodeid, { arg: { fh, offset, size } }, { requestedSize: size }, (r) => direntsOf(r.body));
+    return this.session.call('READDIR', nodeid, { arg: { fh, offset, size } }, {}, (r) => direntsOf(r.body));
   }
 
   readdirplus(nodeid: bigint, fh: bigint, offset: bigint, size = 65536): Promise<DirentPlus[]> {
-    return this.session.call('READDIRPLUS', nodeid, { arg: { fh, offset, size } }, { requestedSize: size }, (r) => direntsOf(r.body) as DirentPlus[]);
+    return this.session.call('READDIRPLUS', nodeid, { arg: { fh, offset, size } }, {}, (r) => direntsOf(r.body) as DirentPlus[]);
   }
 
   releasedir(nodeid: bigint, fh: bigint): Promise<void> {
@@ -327,18 +327,18 @@ export class VirtioFsClient {
 
   /** The value of one attribute (asks for its size first, as the kernel does). */
   async getxattr(nodeid: bigint, name: string): Promise<Buffer> {
-    const size = await this.session.call('GETXATTR', nodeid, { arg: { size: 0 }, names: [name] }, { requestedSize: 0, detail: name }, (r) => xattrSizeOf(r.body));
+    const size = await this.session.call('GETXATTR', nodeid, { arg: { size: 0 }, names: [name] }, { detail: name }, (r) => xattrSizeOf(r.body));
     if (size === 0) return Buffer.alloc(0);
-    return this.session.call('GETXATTR', nodeid, { arg: { size }, names: [name] }, { requestedSize: size, detail: name }, (r) => {
+    return this.session.call('GETXATTR', nodeid, { arg: { size }, names: [name] }, { detail: name }, (r) => {
       const { offset, length } = bytesOf(r.body);
       return Buffer.from(r.bytes.subarray(offset, offset + length));
     });
   }
 
   async listxattr(nodeid: bigint): Promise<string[]> {
-    const size = await this.session.call('LISTXATTR', nodeid, { arg: { size: 0 } }, { requestedSize: 0 }, (r) => xattrSizeOf(r.body));
+    const size = await this.session.call('LISTXATTR', nodeid, { arg: { size: 0 } }, {}, (r) => xattrSizeOf(r.body));
     if (size === 0) return [];
-    return this.session.call('LISTXATTR', nodeid, { arg: { size } }, { requestedSize: size }, (r) => {
+    return this.session.call('LISTXATTR', nodeid, { arg: { size } }, {}, (r) => {
       const { offset, length } = bytesOf(r.body);
       return parseXattrNames(Opcode.LISTXATTR, r.bytes.subarray(offset, offset + length));
     });

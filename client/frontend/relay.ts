@@ -9,8 +9,8 @@
 import { errnoNumber, ErrnoError, isErrnoError, errnoName } from '../../ffi/errno.ts';
 import { readv, writev } from '../../ffi/libc.ts';
 import { sharedPoller } from '../../ffi/poller.ts';
-import { ArchTranslationError } from '../arch/index.ts';
 import { FuseSession, type SessionOptions } from '../fuse/session.ts';
+import { EngineFailure, isRelayable } from '../fuse/engine.ts';
 import { DATA_AT, REPLY_AT, REQUEST_ROOM } from '../fuse/slot-layout.ts';
 import {
   FUSE_KERNEL_VERSION,
@@ -19,15 +19,10 @@ import {
   Opcode,
   ProtocolError,
   decodeInitRequest,
-  decodeReplyBody,
   fuse_in_header,
   fuse_init_out,
   fuse_out_header,
-  messageShape,
   opcodeName,
-  readReplyHeader,
-  replyRoom,
-  requestedReplySize,
 } from '../protocol/index.ts';
 import { openTransport } from '../transport/open.ts';
 import type { VirtioTransport } from '../transport/transport.ts';
@@ -46,8 +41,6 @@ const HEAD = fuse_in_header.size + 40;
 const NO_REPLY = new Set<number>([Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT]);
 const EIO = errnoNumber('EIO');
 const ENOSYS = errnoNumber('ENOSYS');
-const EINVAL = errnoNumber('EINVAL');
-const NO_SEGMENTS: number[] = [];
 
 export interface RelayOptions extends DeviceOptions, Omit<SessionOptions, 'initFlags' | 'maxMinor' | 'maxReadahead'> {
   /** 'vhost-user:/path', or a transport already open. */
@@ -82,7 +75,6 @@ export class FuseRelay {
   private stopped = false;
   private readonly errorReply = new Uint8Array(fuse_out_header.size);
   private readonly readable = [0, 0, 0, 0];
-  private readonly writable = [0, 0, 0, 0];
   /** Per slot: where readv puts a request (head, then the page-aligned data area). */
   private readonly slotReadBuffers: Uint8Array[][] = [];
   private readonly log: (line: string) => void;
@@ -237,19 +229,19 @@ export class FuseRelay {
     const opcode = view.getUint32(4, true);
     const unique = view.getBigUint64(8, true);
     const started = performance.now();
+    const engine = this.session.engine;
     let failed = true;
     try {
       if (n < fuse_in_header.size || view.getUint32(0, true) !== n) {
         this.log(`kernel request of ${n} bytes with len ${view.getUint32(0, true)}: dropped`);
         return;
       }
-      const shape = messageShape(opcode);
-      if (!shape || opcode === Opcode.INIT) {
+      if (!isRelayable(opcode)) {
         this.options.trace?.(`-> ${opcodeName(opcode)} unique ${unique}: not relayed, ENOSYS`);
         this.replyError(unique, ENOSYS);
         return;
       }
-      this.options.trace?.(describeRequest(view, n, this.session.translation));
+      this.options.trace?.(describeRequest(view, n, engine.translation));
       if (opcode === Opcode.INTERRUPT) {
         // Kept here, as Linux's virtio_fs driver keeps them: the request finishes normally.
         // QEMU 7.2's virtiofsd answers an INTERRUPT that comes after its request with
@@ -258,78 +250,45 @@ export class FuseRelay {
         failed = false;
         return;
       }
-      // The kernel offers READLINK a page less the terminating NUL.
-      const requested = opcode === Opcode.READLINK ? 4095 : requestedReplySize(opcode, view, fuse_in_header.size);
-      const room = replyRoom(opcode, requested);
+      const space = engine.replySpace(opcode, view, fuse_in_header.size);
       // A reply with data needs the data area: move a request's spill-over (names) up behind its head.
       // Scratch segment lists: submit copies them before it returns, so one pair serves every request.
       let readable: number[];
       if (n <= HEAD) readable = fill(this.readable, 0, n, 0, 0);
-      else if (room.data === 0) readable = fill(this.readable, 0, HEAD, DATA_AT, n - HEAD);
+      else if (space.room.data === 0) readable = fill(this.readable, 0, HEAD, DATA_AT, n - HEAD);
       else if (n <= REQUEST_ROOM) {
         slot.bytes.copyWithin(HEAD, DATA_AT, DATA_AT + n - HEAD);
         readable = fill(this.readable, 0, n, 0, 0);
       } else {
-        this.log(`${opcodeName(opcode)}: request of ${n} bytes does not fit: EIO`);
-        this.replyError(unique, EIO);
-        return;
+        throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${n} bytes leaves no room for its reply's data`);
       }
-      try {
-        this.session.translation.request(opcode, view, fuse_in_header.size);
-      } catch (e) {
-        if (!(e instanceof ArchTranslationError)) throw e;
-        this.log(`${opcodeName(opcode)} unique ${unique}: not sent: ${e.message}`);
-        this.replyError(unique, EINVAL);
-        return;
-      }
+      engine.translateRequest(opcode, view, unique);
       if (NO_REPLY.has(opcode)) {
-        await this.device.submit(slot, true, readable, NO_SEGMENTS);
+        await engine.sendHiprio(slot, opcode, readable);
         failed = false;
         return;
       }
-      const writable = fill(this.writable, REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data);
-      const usedLen = await this.device.submit(slot, false, readable, writable);
-      failed = this.replyToKernel(slot, opcode, unique, usedLen, room.fixed, room.data, requested);
+      const judged = await engine.send(slot, opcode, unique, readable, space);
+      const head = slot.bytes.subarray(REPLY_AT, REPLY_AT + fuse_out_header.size);
+      if (judged.errno !== 0) {
+        this.options.trace?.(`<- ${opcodeName(opcode)} unique ${unique}: ${errnoName(judged.errno)}`);
+        this.write([head]);
+        return;
+      }
+      this.options.trace?.(describeReply(opcode, unique, judged.bodyLen));
+      this.write(judged.bodyLen > 0 ? [head, slot.bytes.subarray(judged.bodyAt, judged.bodyAt + judged.bodyLen)] : [head]);
+      failed = false;
     } catch (e) {
-      this.log(`${opcodeName(opcode)} unique ${unique}: ${(e as Error).message}`);
-      if (!NO_REPLY.has(opcode)) this.replyError(unique, EIO);
+      if (e instanceof EngineFailure) {
+        if (!e.logged) this.log(e.message);
+        if (!NO_REPLY.has(opcode)) this.replyError(unique, errnoNumber(e.errnoName));
+      } else {
+        this.log(`${opcodeName(opcode)} unique ${unique}: ${(e as Error).message}`);
+        if (!NO_REPLY.has(opcode)) this.replyError(unique, EIO);
+      }
     } finally {
       this.stats.record(opcode, performance.now() - started, failed);
       this.device.releaseSlot(slot);
-    }
-  }
-
-  /** Checks the device's reply, translates it, and writes it to the kernel. Returns whether it was an error. */
-  private replyToKernel(slot: Slot, opcode: number, unique: bigint, usedLen: number, fixed: number, data: number, requested: number | undefined): boolean {
-    const view = slot.view;
-    try {
-      const header = readReplyHeader(opcode, view, REPLY_AT, Math.min(usedLen, fuse_out_header.size + fixed + data));
-      if (header.unique !== unique) {
-        throw new ProtocolError(opcode, 'fuse_out_header.unique', `reply for unique ${header.unique}, request was ${unique}`);
-      }
-      if (header.errno !== 0) {
-        const errno = this.session.translation.errno(header.errno);
-        view.setInt32(REPLY_AT + 4, -errno, true);
-        this.options.trace?.(`<- ${opcodeName(opcode)} unique ${unique}: ${errnoName(errno)}`);
-        this.write([slot.bytes.subarray(REPLY_AT, REPLY_AT + fuse_out_header.size)]);
-        return true;
-      }
-      const bodyLen = header.len - fuse_out_header.size;
-      const bodyAt = data > 0 ? DATA_AT : REPLY_AT + fuse_out_header.size;
-      decodeReplyBody(opcode, view, bodyAt, bodyLen, { requestedSize: requested });
-      this.session.translation.reply(opcode, view, bodyAt);
-      this.options.trace?.(describeReply(opcode, unique, bodyLen));
-      this.write(
-        data > 0
-          ? [slot.bytes.subarray(REPLY_AT, REPLY_AT + fuse_out_header.size), slot.bytes.subarray(DATA_AT, DATA_AT + bodyLen)]
-          : [slot.bytes.subarray(REPLY_AT, REPLY_AT + header.len)],
-      );
-      return false;
-    } catch (e) {
-      if (!(e instanceof ProtocolError) && !(e instanceof ArchTranslationError)) throw e;
-      this.log(`malformed reply: ${e.message} (unique ${unique}); the kernel gets EIO`);
-      this.replyError(unique, EIO);
-      return true;
     }
   }
 

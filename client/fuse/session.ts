@@ -5,7 +5,7 @@
  * turning device errors into Node-style errors. One request in, one reply out;
  * what the requests mean is the caller's business.
  */
-import { ArchTranslationError, errnoToNodeCode, hostArch, type Architecture } from '../arch/index.ts';
+import { errnoToNodeCode, hostArch, type Architecture } from '../arch/index.ts';
 import { ErrnoError, errnoNumber } from '../../ffi/errno.ts';
 import {
   FUSE_ROOT_ID,
@@ -16,22 +16,17 @@ import {
   decodeReplyBody,
   encodeRequest,
   fuse_in_header,
-  fuse_out_header,
   initFlagNames,
   initRequest,
-  opcodeName,
-  readReplyHeader,
-  replyRoom,
-  type ReplyRoom,
   type InitRequestOptions,
   type InitResult,
   type ReplyBody,
   type RequestBody,
   type SupportedOpcode,
 } from '../protocol/index.ts';
-import { TransportError } from '../transport/transport.ts';
 import { fill, type Slot, type VirtioFsDevice } from '../virtio/virtio-fs-device.ts';
-import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM } from './slot-layout.ts';
+import { EngineFailure, RequestEngine, type Judged, type ReplySpace } from './engine.ts';
+import { DATA_AT, REQUEST_AT, REQUEST_ROOM } from './slot-layout.ts';
 import { archOffer, describeArchMode, wireEncoding, type ArchMode } from './arch-mode.ts';
 import { WireTranslation } from './wire-translation.ts';
 
@@ -71,8 +66,6 @@ export interface SessionOptions {
 }
 
 export interface CallOptions {
-  /** READ/READDIR/GETXATTR/LISTXATTR size, for reply validation. */
-  requestedSize?: number;
   /** FORGET/BATCH_FORGET/INTERRUPT: hiprio queue, no reply. */
   hiprio?: boolean;
   /** Text for error messages: the name or path involved. */
@@ -89,18 +82,18 @@ export interface Reply {
   bodyLen: number;
 }
 
-const EINVAL = errnoNumber('EINVAL');
 const EIO = errnoNumber('EIO');
-const NOTHING: number[] = [];
+const EMPTY: ReplyBody = { kind: 'empty' };
 
 export class FuseSession {
   /** Most data bytes per READ/WRITE request. */
   readonly maxWrite: number;
   readonly maxRead: number;
+  /** The request engine every request of this session goes through. */
+  readonly engine: RequestEngine;
   private uniqueCounter = 0;
   private closed = false;
   private readonly readable = [0, 0, 0, 0];
-  private readonly writable = [0, 0, 0, 0];
 
   private constructor(
     readonly device: VirtioFsDevice,
@@ -113,6 +106,7 @@ export class FuseSession {
     private readonly options: Required<Pick<SessionOptions, 'timeoutMs' | 'uid' | 'gid' | 'pid'>>,
     private readonly log: (line: string) => void,
   ) {
+    this.engine = new RequestEngine(device, translation, log);
     const pageBytes = init.maxPages * 4096;
     this.maxWrite = Math.min(init.maxWrite, pageBytes, device.dataRoom);
     this.maxRead = Math.min(pageBytes, device.dataRoom);
@@ -177,9 +171,11 @@ export class FuseSession {
     options: CallOptions,
     decode: (reply: Reply) => T,
   ): Promise<T> {
-    if (this.closed) throw new ErrnoError(opcode.toLowerCase(), errnoNumber('ENOTCONN'), 'session closed');
+    const syscall = opcode.toLowerCase();
+    if (this.closed) throw new ErrnoError(syscall, errnoNumber('ENOTCONN'), 'session closed');
     const slot = await this.device.acquireSlot();
     let owned = true;
+    const op = Opcode[opcode];
     try {
       const unique = this.nextUnique();
       // Data (WRITE, SETXATTR, BATCH_FORGET payloads) goes to the slot's page-aligned data area.
@@ -188,37 +184,30 @@ export class FuseSession {
       const head = new DataView(slot.bytes.buffer, slot.bytes.byteOffset + REQUEST_AT, REQUEST_ROOM);
       const { written } = encodeRequest(head, 0, opcode, this.header(unique, nodeid), { ...body, data: undefined, dataLength: data?.length });
       if (data) slot.bytes.set(data, DATA_AT);
-      try {
-        this.translation.request(Opcode[opcode], slot.view, REQUEST_AT + fuse_in_header.size);
-      } catch (e) {
-        if (!(e instanceof ArchTranslationError)) throw e;
-        this.log(`${opcode}: not sent: ${e.message}`);
-        throw new ErrnoError(opcode.toLowerCase(), EINVAL, e.message);
-      }
-      // Scratch segment lists: submit copies them before it returns, so one pair serves every request.
+      this.engine.translateRequest(op, slot.view, unique);
+      // Scratch segment list: submit copies it before it returns, so one serves every request.
       const readable = fill(this.readable, REQUEST_AT, written, DATA_AT, data?.length ?? 0);
       if (options.hiprio) {
-        // A device may answer an INTERRUPT (EAGAIN: not yet); QEMU 7.2's virtiofsd crashes if it has no room to.
-        const writable = opcode === 'INTERRUPT' ? fill(this.writable, REPLY_AT, fuse_out_header.size, 0, 0) : NOTHING;
-        await this.device.submit(slot, true, readable, writable);
+        await this.engine.sendHiprio(slot, op, readable);
         return undefined as T;
       }
-      const room = replyRoom(Opcode[opcode], options.requestedSize);
-      if (room.data > this.device.dataRoom) throw new RangeError(`${opcode}: asks for ${room.data} bytes, more than ${this.device.dataRoom}`);
-      const writable = fill(this.writable, REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data);
-      let usedLen: number;
-      try {
-        usedLen = await this.submitWithTimeout(slot, opcode, unique, readable, writable, () => (owned = false));
-      } catch (e) {
-        // The virtqueue refused this request's used entry (len beyond its writable bytes): a malformed reply to
-        // this request alone. A dead device rejects with its failure itself, which passes through.
-        if (e instanceof TransportError && e.code === 'EIO' && e !== this.device.failed) {
-          this.log(`malformed reply: ${opcode}: virtq_used_elem.len: ${e.message} (unique ${unique}); failing the request with EIO`);
-          throw new ErrnoError(opcode.toLowerCase(), EIO, `malformed reply: ${e.message}`);
-        }
-        throw e;
+      const space = this.engine.replySpace(op, slot.view, REQUEST_AT + fuse_in_header.size);
+      const judged = await this.sendWithTimeout(slot, opcode, unique, readable, space, () => (owned = false));
+      if (judged.errno !== 0) throw new ErrnoError(syscall, judged.errno, options.detail, errnoToNodeCode(judged.errno, this.clientArch));
+      const { bodyAt, bodyLen } = judged;
+      const reply = opcode === 'INIT' ? EMPTY : decodeReplyBody(op, slot.view, bodyAt, bodyLen, { requestedSize: space.requested });
+      return decode({ body: reply, bytes: slot.bytes, view: slot.view, bodyAt, bodyLen });
+    } catch (e) {
+      if (e instanceof EngineFailure) {
+        if (!e.logged) this.log(e.message);
+        throw new ErrnoError(syscall, errnoNumber(e.errnoName), e.message);
       }
-      return this.finish(opcode, unique, slot, room, usedLen, options, decode);
+      // What only the caller's decoding can judge (FUSE_INIT's reply against what INIT asked for).
+      if (e instanceof ProtocolError) {
+        this.log(`malformed reply: ${e.message}; failing the request with EIO`);
+        throw new ErrnoError(syscall, EIO, `malformed reply: ${e.field}: ${e.reason}`);
+      }
+      throw e;
     } finally {
       if (owned) this.device.releaseSlot(slot);
     }
@@ -252,15 +241,9 @@ export class FuseSession {
     return { unique, nodeid, uid: this.options.uid, gid: this.options.gid, pid: this.options.pid };
   }
 
-  private submitWithTimeout(
-    slot: Slot,
-    opcode: SupportedOpcode,
-    unique: bigint,
-    readable: number[],
-    writable: number[],
-    onAbandon: () => void,
-  ): Promise<number> {
-    const result = this.device.submit(slot, false, readable, writable);
+  /** engine.send, with FUSE_INTERRUPT after timeoutMs and ETIMEDOUT (the slot abandoned) after as long again. */
+  private sendWithTimeout(slot: Slot, opcode: SupportedOpcode, unique: bigint, readable: number[], space: ReplySpace, onAbandon: () => void): Promise<Judged> {
+    const result = this.engine.send(slot, Opcode[opcode], unique, readable, space);
     const timeout = this.options.timeoutMs;
     let interrupted = false;
     const timer = setInterval(() => {
@@ -281,47 +264,6 @@ export class FuseSession {
     void this.call('INTERRUPT', 0n, { arg: { unique } }, { hiprio: true }, () => undefined).catch((e: Error) =>
       this.log(`INTERRUPT ${unique}: ${e.message}`),
     );
-  }
-
-  private finish<T>(
-    opcode: SupportedOpcode,
-    unique: bigint,
-    slot: Slot,
-    room: ReplyRoom,
-    usedLen: number,
-    options: CallOptions,
-    decode: (reply: Reply) => T,
-  ): T {
-    const op = Opcode[opcode];
-    const syscall = opcode.toLowerCase();
-    try {
-      // The header and fixed part sit in one buffer, variable data in the other.
-      const available = Math.min(usedLen, fuse_out_header.size + room.fixed + room.data);
-      const header = readReplyHeader(op, slot.view, REPLY_AT, available);
-      if (header.unique !== unique) {
-        throw new ProtocolError(op, 'fuse_out_header.unique', `reply for unique ${header.unique}, request was ${unique}`);
-      }
-      if (header.errno !== 0) {
-        const errno = this.translation.errno(header.errno);
-        throw new ErrnoError(syscall, errno, options.detail, errnoToNodeCode(errno, this.clientArch));
-      }
-      const bodyLen = header.len - fuse_out_header.size;
-      const bodyAt = room.data > 0 ? DATA_AT : REPLY_AT + fuse_out_header.size;
-      this.translation.reply(op, slot.view, bodyAt);
-      const body: ReplyBody =
-        opcode === 'INIT' ? { kind: 'empty' } : decodeReplyBody(op, slot.view, bodyAt, bodyLen, { requestedSize: options.requestedSize });
-      return decode({ body, bytes: slot.bytes, view: slot.view, bodyAt, bodyLen });
-    } catch (e) {
-      if (e instanceof ProtocolError) {
-        this.log(`malformed reply: ${e.message} (unique ${unique}); failing the request with EIO`);
-        throw new ErrnoError(syscall, EIO, `malformed reply: ${e.field}: ${e.reason}`);
-      }
-      if (e instanceof ArchTranslationError) {
-        this.log(`${opcodeName(op)}: reply not translatable: ${e.message}`);
-        throw new ErrnoError(syscall, EIO, e.message);
-      }
-      throw e;
-    }
   }
 }
 

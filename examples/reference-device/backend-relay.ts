@@ -5,30 +5,20 @@
  * slots in memory the backend maps), and FuseSession for FUSE_INIT.
  *
  * It is client/frontend/relay.ts with the frontend's virtqueue in place of
- * /dev/fuse: each request is copied from the frontend's buffers into a slot,
- * its architecture-dependent fields rewritten from the negotiated encoding to
- * the device's own, sent, and the checked reply handed back with errno and
- * GETLK's lock type rewritten the other way. Uniques, node ids and file
- * handles pass through unchanged.
+ * /dev/fuse: each request is copied from the frontend's buffers into a slot
+ * and goes through the client's request engine (client/fuse/engine.ts), which
+ * rewrites its architecture-dependent fields from the negotiated encoding to
+ * the device's own, sends it, and judges the reply, whose errno and GETLK lock
+ * type it rewrites the other way. Uniques, node ids and file handles pass
+ * through unchanged.
  */
-import { ArchTranslationError, type Architecture } from '../../client/arch/index.ts';
+import type { Architecture } from '../../client/arch/index.ts';
+import { EngineFailure, isRelayable } from '../../client/fuse/engine.ts';
 import { FuseSession } from '../../client/fuse/session.ts';
 import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM } from '../../client/fuse/slot-layout.ts';
 import { WireTranslation } from '../../client/fuse/wire-translation.ts';
 import { describeReply, describeRequest } from '../../client/frontend/trace.ts';
-import {
-  Opcode,
-  ProtocolError,
-  decodeReplyBody,
-  fuse_in_header,
-  fuse_out_header,
-  fuse_write_in,
-  messageShape,
-  opcodeName,
-  readReplyHeader,
-  replyRoom,
-  requestedReplySize,
-} from '../../client/protocol/index.ts';
+import { Opcode, fuse_in_header, fuse_out_header, fuse_write_in, messageShape, opcodeName } from '../../client/protocol/index.ts';
 import { openTransport } from '../../client/transport/open.ts';
 import { VirtioFsDevice, type Slot } from '../../client/virtio/virtio-fs-device.ts';
 import { NOT_RELAYED, type BackendTerms, type ClientInit } from './negotiation.ts';
@@ -51,17 +41,6 @@ export interface FrontendRequest {
  * still in the backend's buffer, so they are copied once.
  */
 export type Respond = (parts: readonly Uint8Array[]) => void;
-
-/** Why a request failed in the device itself (not in the backend): an errno name, in no encoding yet. */
-export class DeviceFailure extends Error {
-  override name = 'DeviceFailure';
-  constructor(
-    readonly errnoName: 'EIO' | 'EINVAL' | 'ENOSYS',
-    message: string,
-  ) {
-    super(message);
-  }
-}
 
 const WRITE_HEAD = fuse_in_header.size + fuse_write_in.size;
 
@@ -133,44 +112,43 @@ export class BackendRelay {
 
   /**
    * Forwards one request that expects a reply and delivers the reply through
-   * `respond`. Throws DeviceFailure when the device itself cannot carry the
+   * `respond`. Throws EngineFailure when the device itself cannot carry the
    * request or the backend's reply; the caller answers with that errno.
    */
   async forward(request: FrontendRequest, translation: WireTranslation, respond: Respond): Promise<void> {
     const { opcode, unique, len } = request;
     const shape = messageShape(opcode);
-    if (!shape || shape.reply.kind === 'none' || opcode === Opcode.INIT) throw new DeviceFailure('ENOSYS', `${opcodeName(opcode)} is not relayed`);
+    if (!shape || !isRelayable(opcode) || shape.reply.kind === 'none') throw new EngineFailure('ENOSYS', `${opcodeName(opcode)} is not relayed`);
+    const engine = this.engine();
+    engine.translation = translation;
     const slot = await this.device.acquireSlot().catch((error: Error) => {
-      throw new DeviceFailure('EIO', `backend unavailable: ${error.message}`);
+      throw new EngineFailure('EIO', `backend unavailable: ${error.message}`);
     });
     try {
       const readable = this.copyRequest(request, slot);
-      // READLINK states no size: the frontend's buffer is the limit (the kernel offers a page).
-      const requested =
-        opcode === Opcode.READLINK
-          ? Math.max(0, Math.min(request.replyRoom - fuse_out_header.size, 4096))
-          : requestedReplySize(opcode, slot.view, REQUEST_AT + fuse_in_header.size);
-      const room = replyRoom(opcode, requested);
-      if (room.data > 0 && readable.length > 2) throw new DeviceFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes leaves no room for reply data`);
-      if (room.data > this.device.dataRoom) throw new DeviceFailure('EIO', `${opcodeName(opcode)}: reply of ${room.data} bytes exceeds the ${this.device.dataRoom}-byte buffers`);
-      const needed = fuse_out_header.size + room.fixed + room.data;
+      // READLINK states no size: the frontend's buffer is the limit too.
+      const space = engine.replySpace(opcode, slot.view, REQUEST_AT + fuse_in_header.size, Math.max(0, request.replyRoom - fuse_out_header.size));
+      if (space.room.data > 0 && readable.length > 2) throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes leaves no room for reply data`);
+      const needed = fuse_out_header.size + space.room.fixed + space.room.data;
       if (needed > request.replyRoom) {
-        throw new DeviceFailure('EIO', `${opcodeName(opcode)}: frontend offered ${request.replyRoom} writable bytes, the reply may take ${needed}`);
+        throw new EngineFailure('EIO', `${opcodeName(opcode)}: frontend offered ${request.replyRoom} writable bytes, the reply may take ${needed}`);
       }
       if (WireTranslation.translatesRequest(opcode) && len < fuse_in_header.size + shape.arg!.size) {
-        throw new DeviceFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes is shorter than its ${shape.arg!.name}`);
+        throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes is shorter than its ${shape.arg!.name}`);
       }
       this.options.trace?.(describeRequest(slot.view, Math.min(len, REQUEST_ROOM), translation));
-      try {
-        translation.request(opcode, slot.view, REQUEST_AT + fuse_in_header.size);
-      } catch (error) {
-        if (!(error instanceof ArchTranslationError)) throw error;
-        throw new DeviceFailure('EINVAL', `${opcodeName(opcode)} unique ${unique}: not sent: ${error.message}`);
-      }
-      const usedLen = await this.device.submit(slot, false, readable, [REPLY_AT, fuse_out_header.size + room.fixed, DATA_AT, room.data]).catch((error: Error) => {
-        throw new DeviceFailure('EIO', `backend: ${error.message}`);
+      engine.translateRequest(opcode, slot.view, unique);
+      const judged = await engine.send(slot, opcode, unique, readable, space).catch((error: Error) => {
+        throw error instanceof EngineFailure ? error : new EngineFailure('EIO', `backend: ${error.message}`);
       });
-      this.reply(slot, opcode, unique, usedLen, room.fixed, room.data, requested, translation, respond);
+      const head = slot.bytes.subarray(REPLY_AT, REPLY_AT + fuse_out_header.size);
+      if (judged.errno !== 0) {
+        this.options.trace?.(`<- ${opcodeName(opcode)} unique ${unique}: errno ${judged.errno} (${translation.client.name})`);
+        respond([head]);
+      } else {
+        this.options.trace?.(describeReply(opcode, unique, judged.bodyLen));
+        respond([head, slot.bytes.subarray(judged.bodyAt, judged.bodyAt + judged.bodyLen)]);
+      }
       if (opcode === Opcode.DESTROY) this.destroyed = true;
     } finally {
       this.device.releaseSlot(slot);
@@ -180,7 +158,7 @@ export class BackendRelay {
   /** FORGET and BATCH_FORGET: to the backend's hiprio queue; nothing comes back. */
   async forwardNoReply(request: FrontendRequest): Promise<void> {
     const slot = await this.device.acquireSlot().catch((error: Error) => {
-      throw new DeviceFailure('EIO', `backend unavailable: ${error.message}`);
+      throw new EngineFailure('EIO', `backend unavailable: ${error.message}`);
     });
     try {
       const readable = this.copyRequest(request, slot);
@@ -213,56 +191,21 @@ export class BackendRelay {
     const { opcode, len } = request;
     let head: number;
     if (opcode === Opcode.WRITE) {
-      if (len < WRITE_HEAD) throw new DeviceFailure('EIO', `WRITE of ${len} bytes is shorter than its headers`);
+      if (len < WRITE_HEAD) throw new EngineFailure('EIO', `WRITE of ${len} bytes is shorter than its headers`);
       head = WRITE_HEAD;
     } else {
       head = Math.min(len, REQUEST_ROOM);
     }
     const tail = len - head;
-    if (tail > this.device.dataRoom) throw new DeviceFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes exceeds the device's buffers`);
+    if (tail > this.device.dataRoom) throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes exceeds the device's buffers`);
     request.read(0, slot.bytes.subarray(REQUEST_AT, REQUEST_AT + head));
     if (tail > 0) request.read(head, slot.bytes.subarray(DATA_AT, DATA_AT + tail));
     return tail > 0 ? [REQUEST_AT, head, DATA_AT, tail] : [REQUEST_AT, head];
   }
 
-  /** Checks the backend's reply, translates it to the client's encoding and delivers it. */
-  private reply(
-    slot: Slot,
-    opcode: number,
-    unique: bigint,
-    usedLen: number,
-    fixed: number,
-    data: number,
-    requested: number | undefined,
-    translation: WireTranslation,
-    respond: Respond,
-  ): void {
-    const view = slot.view;
-    try {
-      const header = readReplyHeader(opcode, view, REPLY_AT, Math.min(usedLen, fuse_out_header.size + fixed + data));
-      if (header.unique !== unique) {
-        throw new ProtocolError(opcode, 'fuse_out_header.unique', `reply for unique ${header.unique}, request was ${unique}`);
-      }
-      const head = slot.bytes.subarray(REPLY_AT, REPLY_AT + fuse_out_header.size);
-      if (header.errno !== 0) {
-        const errno = translation.errno(header.errno);
-        view.setInt32(REPLY_AT + fuse_out_header.offsetOf('error'), -errno, true);
-        this.options.trace?.(`<- ${opcodeName(opcode)} unique ${unique}: errno ${header.errno} (${translation.wire.name}) -> ${errno} (${translation.client.name})`);
-        respond([head]);
-        return;
-      }
-      const bodyLen = header.len - fuse_out_header.size;
-      const bodyAt = data > 0 ? DATA_AT : REPLY_AT + fuse_out_header.size;
-      decodeReplyBody(opcode, view, bodyAt, bodyLen, { requestedSize: requested });
-      translation.reply(opcode, view, bodyAt);
-      this.options.trace?.(describeReply(opcode, unique, bodyLen));
-      respond([head, slot.bytes.subarray(bodyAt, bodyAt + bodyLen)]);
-    } catch (error) {
-      if (error instanceof ProtocolError || error instanceof ArchTranslationError) {
-        throw new DeviceFailure('EIO', `malformed reply from the backend: ${error.message} (unique ${unique})`);
-      }
-      throw error;
-    }
+  /** The backend session's request engine (after init). */
+  private engine() {
+    if (!this.session) throw new EngineFailure('EIO', 'backend session not initialised');
+    return this.session.engine;
   }
 }
-

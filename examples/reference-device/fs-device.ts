@@ -13,7 +13,8 @@
 import type { Architecture } from '../../client/arch/index.ts';
 import type { WireTranslation } from '../../client/fuse/wire-translation.ts';
 import { FUSE_KERNEL_VERSION, Opcode, ProtocolError, fuse_in_header, fuse_init_out, fuse_out_header, opcodeName } from '../../client/protocol/index.ts';
-import { BackendRelay, DeviceFailure, type FrontendRequest } from './backend-relay.ts';
+import { EngineFailure } from '../../client/fuse/engine.ts';
+import { BackendRelay, type FrontendRequest } from './backend-relay.ts';
 import type { Chain } from './device-ring.ts';
 import { decideArch, initReply, majorOnlyReply, readClientInit, translationFor, type ArchAnswer } from './negotiation.ts';
 import type { DeviceModel, RunningQueue } from './vhost-user-backend.ts';
@@ -131,7 +132,7 @@ export class ReferenceFsDevice implements DeviceModel {
     const respond = (parts: readonly Uint8Array[]): void => this.respond(queue, chain, parts);
     try {
       if (opcode === Opcode.INIT) return await this.init(queue, chain, request);
-      if (this.state !== 'ready') throw new DeviceFailure('EIO', `${opcodeName(opcode)} unique ${unique} before FUSE_INIT completed`);
+      if (this.state !== 'ready') throw new EngineFailure('EIO', `${opcodeName(opcode)} unique ${unique} before FUSE_INIT completed`);
       if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET) {
         // Belongs on hiprio; forwarded all the same, and returned without a reply.
         await this.backend.forwardNoReply(request);
@@ -140,24 +141,24 @@ export class ReferenceFsDevice implements DeviceModel {
       }
       await this.backend.forward(request, this.translation!, respond);
     } catch (error) {
-      if (!(error instanceof DeviceFailure || error instanceof ProtocolError)) {
+      if (!(error instanceof EngineFailure || error instanceof ProtocolError)) {
         this.log(`${opcodeName(opcode)} unique ${unique}: ${(error as Error).stack ?? error}`);
-      } else {
+      } else if (!(error instanceof EngineFailure && error.logged)) {
         this.log(`${opcodeName(opcode)} unique ${unique}: ${error.message}`);
       }
-      this.fail(queue, chain, unique, error instanceof DeviceFailure ? error.errnoName : 'EIO');
+      this.fail(queue, chain, unique, error instanceof EngineFailure ? error.errnoName : 'EIO');
     }
   }
 
   private async init(queue: RunningQueue, chain: Chain, request: FrontendRequest): Promise<void> {
     const { unique, len } = request;
-    if (this.state !== 'waiting-for-init') throw new DeviceFailure('EIO', `INIT while ${this.state}`);
+    if (this.state !== 'waiting-for-init') throw new EngineFailure('EIO', `INIT while ${this.state}`);
     const bytes = new Uint8Array(len);
     request.read(0, bytes);
     const client = readClientInit(new DataView(bytes.buffer), fuse_in_header.size, len - fuse_in_header.size);
     const replyBytes = fuse_out_header.size + fuse_init_out.size;
-    if (chain.writableBytes < replyBytes) throw new DeviceFailure('EIO', `INIT: ${chain.writableBytes} writable bytes, fuse_init_out needs ${replyBytes}`);
-    if (client.major < FUSE_KERNEL_VERSION) throw new DeviceFailure('EIO', `INIT: client speaks FUSE ${client.major}.${client.minor}`);
+    if (chain.writableBytes < replyBytes) throw new EngineFailure('EIO', `INIT: ${chain.writableBytes} writable bytes, fuse_init_out needs ${replyBytes}`);
+    if (client.major < FUSE_KERNEL_VERSION) throw new EngineFailure('EIO', `INIT: client speaks FUSE ${client.major}.${client.minor}`);
     if (client.major > FUSE_KERNEL_VERSION) {
       // It will send another INIT in our major.
       this.writeInit(queue, chain, unique, majorOnlyReply());
@@ -170,7 +171,7 @@ export class ReferenceFsDevice implements DeviceModel {
       terms = await this.backend.init(client, own);
     } catch (error) {
       this.state = 'waiting-for-init';
-      throw new DeviceFailure('EIO', `backend INIT failed: ${(error as Error).message}`);
+      throw new EngineFailure('EIO', `backend INIT failed: ${(error as Error).message}`);
     }
     const decision = decideArch(this.options.answer, client, own, terms.init.minor);
     this.translation = translationFor(decision, own, this.log);
@@ -193,7 +194,7 @@ export class ReferenceFsDevice implements DeviceModel {
   /** Scatters the reply over the chain's writable buffers and returns the chain with its length. */
   private respond(queue: RunningQueue, chain: Chain, parts: readonly Uint8Array[]): void {
     const total = parts.reduce((n, p) => n + p.length, 0);
-    if (total > chain.writableBytes) throw new DeviceFailure('EIO', `reply of ${total} bytes, ${chain.writableBytes} writable`);
+    if (total > chain.writableBytes) throw new EngineFailure('EIO', `reply of ${total} bytes, ${chain.writableBytes} writable`);
     let at = 0;
     for (const part of parts) {
       queue.write(chain, at, part);
@@ -207,7 +208,7 @@ export class ReferenceFsDevice implements DeviceModel {
    * encoding until now: the device's own number, carried to the client's
    * encoding like any backend errno (before INIT, the device's own).
    */
-  private fail(queue: RunningQueue, chain: Chain, unique: bigint, name: DeviceFailure['errnoName']): void {
+  private fail(queue: RunningQueue, chain: Chain, unique: bigint, name: EngineFailure['errnoName']): void {
     const own = this.options.arch.errno.numbers[name]!;
     const errno = this.translation ? this.translation.errno(own) : own;
     const reply = new Uint8Array(fuse_out_header.size);
