@@ -3,34 +3,13 @@
 import test, { type ExecutionContext } from 'ava';
 import { ROOT, type VirtioFsClient } from '../../client/client.ts';
 import { ErrnoError, errnoNumber } from '../../ffi/errno.ts';
-import { fuse_attr_out, fuse_out_header } from '../../client/protocol/index.ts';
-import {
-  FILE_SIZE,
-  HELLO,
-  SUB,
-  concat,
-  connectFake,
-  direntPlusRecord,
-  fileData,
-  patchOutHeader,
-  replyBytes,
-  until,
-  type FakeVirtioFs,
-  type FaultHook,
-} from '../helpers/fake-virtio-fs.ts';
+import { FILE_SIZE, HELLO, SUB, connectFake, fileData, patchOutHeader, until, type FakeVirtioFs } from '../helpers/fake-virtio-fs.ts';
+import { MALFORMED_CASES, type MalformedCase } from '../helpers/malformed-cases.ts';
 
 const FILE = Buffer.from(fileData());
 
-interface Case {
-  /** The request that gets the bad reply. */
-  op: 'GETATTR' | 'READ' | 'READDIRPLUS';
-  fault: FaultHook;
-  /** What the log line must say besides the opcode: the field. */
-  field: RegExp;
-}
-
 /** Runs `op` against the client (the request the fault hits). */
-async function run(client: VirtioFsClient, op: Case['op']): Promise<unknown> {
+async function run(client: VirtioFsClient, op: MalformedCase['op']): Promise<unknown> {
   switch (op) {
     case 'GETATTR':
       return client.getattr(HELLO);
@@ -58,7 +37,7 @@ async function stillWorks(t: ExecutionContext, client: VirtioFsClient, fake: Fak
   t.deepEqual(fake.violations, []);
 }
 
-function malformed(title: string, c: Case): void {
+function malformed(title: string, c: MalformedCase): void {
   test(title, async (t) => {
     const { fake, client, logs } = await connectFake();
     try {
@@ -77,102 +56,7 @@ function malformed(title: string, c: Case): void {
   });
 }
 
-malformed('fuse_out_header.len larger than the bytes written', {
-  op: 'GETATTR',
-  fault: (_r, reply) => void patchOutHeader(reply.bytes, { len: reply.bytes.length + 64 }),
-  field: /fuse_out_header\.len\b/,
-});
-
-malformed('fuse_out_header.len smaller than the header', {
-  op: 'GETATTR',
-  fault: (_r, reply) => void patchOutHeader(reply.bytes, { len: 8 }),
-  field: /fuse_out_header\.len\b/,
-});
-
-malformed('fuse_out_header.len of zero', {
-  op: 'GETATTR',
-  fault: (_r, reply) => void patchOutHeader(reply.bytes, { len: 0 }),
-  field: /fuse_out_header\.len\b/,
-});
-
-malformed('short header: used len 8', {
-  op: 'GETATTR',
-  fault: (_r, reply) => void (reply.usedLen = 8),
-  field: /fuse_out_header\b.*8 bytes/,
-});
-
-malformed('used len 0 on a request that needs a reply', {
-  op: 'GETATTR',
-  fault: (_r, reply) => void (reply.usedLen = 0),
-  field: /fuse_out_header\b/,
-});
-
-malformed('GETATTR body shorter than fuse_attr_out', {
-  op: 'GETATTR',
-  fault: (_r, reply) => {
-    // The header and the first 40 bytes of fuse_attr_out: cut inside .attr.
-    reply.bytes = patchOutHeader(reply.bytes.slice(0, fuse_out_header.size + 40), { len: fuse_out_header.size + 40 });
-  },
-  field: /fuse_attr_out\.attr\b/,
-});
-
-malformed('GETATTR body one byte short', {
-  op: 'GETATTR',
-  fault: (_r, reply) => {
-    const len = fuse_out_header.size + fuse_attr_out.size - 1;
-    reply.bytes = patchOutHeader(reply.bytes.slice(0, len), { len });
-  },
-  field: /fuse_attr_out\.attr\b/,
-});
-
-malformed('positive error value in the header', {
-  op: 'GETATTR',
-  fault: (r, reply) => void (reply.bytes = patchOutHeader(replyBytes(r.unique, 0), { error: errnoNumber('ENOENT') })),
-  field: /fuse_out_header\.error\b/,
-});
-
-malformed('error beyond MAX_ERRNO in the header', {
-  op: 'GETATTR',
-  fault: (r, reply) => void (reply.bytes = patchOutHeader(replyBytes(r.unique, 0), { error: -5000 })),
-  field: /fuse_out_header\.error\b/,
-});
-
-malformed('an error reply that carries a body', {
-  op: 'GETATTR',
-  fault: (_r, reply) => void patchOutHeader(reply.bytes, { error: -errnoNumber('ENOENT') }),
-  field: /fuse_out_header\.len\b.*body bytes/,
-});
-
-malformed('used len larger than the writable buffer', {
-  op: 'GETATTR',
-  fault: (r, reply) => void (reply.usedLen = r.writableBytes + 100),
-  field: /\blen\b.*exceeds/,
-});
-
-malformed('READ: header claims more bytes than requested (used len = what fit)', {
-  op: 'READ',
-  fault: (r, reply) => void (reply.bytes = replyBytes(r.unique, 0, new Uint8Array(2 * (r.arg!.size as number)).fill(0xee))),
-  field: /fuse_out_header\.len\b/,
-});
-
-malformed('READ: header and used len both claim more bytes than requested', {
-  op: 'READ',
-  fault: (r, reply) => {
-    reply.bytes = replyBytes(r.unique, 0, new Uint8Array(2 * (r.arg!.size as number)).fill(0xee));
-    reply.usedLen = reply.bytes.length;
-  },
-  field: /\blen\b.*exceeds/,
-});
-
-malformed('READDIRPLUS: a record whose namelen runs past the end', {
-  op: 'READDIRPLUS',
-  fault: (r, reply) => {
-    const node = { nodeid: HELLO, mode: 0o100644 };
-    // A good record, then one that says 200 name bytes where 8 are left.
-    reply.bytes = replyBytes(r.unique, 0, concat([direntPlusRecord('hello.txt', node, 1n), direntPlusRecord('x', node, 2n, 200)]));
-  },
-  field: /fuse_dirent\.namelen\b.*runs past the end/,
-});
+for (const c of MALFORMED_CASES) malformed(c.title, c);
 
 test('a reply carrying another request\'s unique fails the first request only', async (t) => {
   const { fake, client, logs } = await connectFake();

@@ -1,0 +1,83 @@
+// The malformed replies of test/helpers/malformed-cases.ts, through a real /dev/fuse mount: the relay
+// over the fault-injecting device, this machine's FUSE module making the requests and shell tools
+// (child processes) as the application. Each bad reply gives the application EIO, one log line
+// names the opcode and the field, nothing hangs, and the mount keeps working.
+import test, { type ExecutionContext } from 'ava';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FuseRelay } from '../../client/frontend/relay.ts';
+import { FILE_SIZE, FakeVirtioFs, fileData, until } from '../helpers/fake-virtio-fs.ts';
+import { MALFORMED_CASES, type MalformedCase } from '../helpers/malformed-cases.ts';
+import { requireRoot } from '../helpers/virtiofsd.ts';
+
+const FILE = Buffer.from(fileData());
+/** Every application call returns within this (the relay's requests get replies in microseconds). */
+const APP_TIMEOUT_MS = 10_000;
+
+interface AppResult {
+  status: number;
+  stdout: Buffer;
+  stderr: string;
+}
+
+/** Runs a tool in a child process (this process serves the mount) and waits for it. */
+function app(command: string, ...args: string[]): Promise<AppResult> {
+  return new Promise((resolve, reject) => {
+    execFile(command, args, { encoding: 'buffer', timeout: APP_TIMEOUT_MS, killSignal: 'SIGKILL' }, (error, stdout, stderr) => {
+      const killed = error !== null && (error as NodeJS.ErrnoException & { killed?: boolean }).killed;
+      if (killed) reject(new Error(`${command} ${args.join(' ')} did not return within ${APP_TIMEOUT_MS} ms`));
+      else resolve({ status: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr: stderr.toString() });
+    });
+  });
+}
+
+/** What the application does to make `op` reach the device, freshly mounted (nothing cached yet). */
+function provoke(mnt: string, op: MalformedCase['op']): Promise<AppResult> {
+  switch (op) {
+    case 'GETATTR':
+      return app('stat', '-c', '%s', mnt);
+    case 'READ':
+      // O_DIRECT: one READ of exactly this size, not readahead whose failure the page cache hides.
+      return app('dd', `if=${join(mnt, 'hello.txt')}`, 'bs=4096', 'count=1', 'iflag=direct', 'status=none');
+    case 'READDIRPLUS':
+      return app('ls', mnt);
+  }
+}
+
+async function stillWorks(t: ExecutionContext, mnt: string, fake: FakeVirtioFs, relay: FuseRelay): Promise<void> {
+  t.is((await app('stat', '-c', '%s', join(mnt, 'hello.txt'))).stdout.toString().trim(), String(FILE_SIZE));
+  const cat = await app('cat', join(mnt, 'hello.txt'));
+  t.is(cat.status, 0, cat.stderr);
+  t.true(cat.stdout.equals(FILE), 'the whole file reads back byte-exact');
+  t.deepEqual((await app('ls', mnt)).stdout.toString().split('\n').filter(Boolean), ['hello.txt', 'sub']);
+  t.is(relay.session.device.failed, undefined, 'one bad reply does not fail the device');
+  // RELEASE follows a close asynchronously: give the last one its round trip.
+  await until(() => relay.session.device.inFlight === 0, 2000, 'every slot back').catch(() => undefined);
+  t.is(relay.session.device.inFlight, 0, 'every slot came back');
+  t.deepEqual(fake.violations, []);
+}
+
+for (const c of MALFORMED_CASES) {
+  test(`through a mount: ${c.title}`, async (t) => {
+    if (!requireRoot(t)) return;
+    const mnt = mkdtempSync(join(tmpdir(), 'vfs-relay-fault-'));
+    const fake = new FakeVirtioFs();
+    const logs: string[] = [];
+    const relay = await FuseRelay.mount({ transport: fake, mountpoint: mnt, log: (line) => logs.push(line) });
+    try {
+      fake.faultNext(c.op, c.fault);
+      const bad = await provoke(mnt, c.op);
+      t.not(bad.status, 0, `${c.op} with a malformed reply must fail`);
+      t.regex(bad.stderr, /Input\/output error/, 'the application sees EIO');
+      const lines = logs.filter((l) => l.includes(c.op) && c.field.test(l));
+      t.is(lines.length, 1, `one log line names ${c.op} and ${c.field}; got:\n${logs.join('\n')}`);
+      t.log(lines[0]);
+      await stillWorks(t, mnt, fake, relay);
+    } finally {
+      await relay.unmount();
+      rmSync(mnt, { recursive: true, force: true });
+    }
+  });
+}
