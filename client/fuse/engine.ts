@@ -140,6 +140,9 @@ export class RequestEngine {
   judge(slot: Slot, opcode: number, unique: bigint, usedLen: number, space: ReplySpace): Judged {
     const { room, requested } = space;
     const view = slot.view;
+    // Debian trixie's Rust virtiofsd (1.13) answers DESTROY with no bytes at all. Nothing can follow
+    // a DESTROY, so its silence is taken as the end of the session rather than logged as malformed.
+    if (opcode === Opcode.DESTROY && usedLen === 0) return { errno: 0, bodyAt: REPLY_AT + fuse_out_header.size, bodyLen: 0 };
     try {
       // The header and the fixed part sit in one buffer, variable data in the other.
       const header = readReplyHeader(opcode, view, REPLY_AT, Math.min(usedLen, fuse_out_header.size + room.fixed + room.data));

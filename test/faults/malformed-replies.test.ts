@@ -81,3 +81,15 @@ test('a reply carrying another request\'s unique fails the first request only', 
     await client.close();
   }
 });
+
+test('DESTROY answered with no bytes (as Rust virtiofsd 1.13 does) ends the session quietly; a garbled one is still malformed', async (t) => {
+  const quiet = await connectFake();
+  quiet.fake.faultNext('DESTROY', (_r, reply) => void (reply.usedLen = 0));
+  await quiet.client.close();
+  t.true(quiet.fake.requests.some((r) => r.name === 'DESTROY'), 'DESTROY was sent');
+  t.deepEqual(quiet.logs, [], 'nothing logged');
+  const garbled = await connectFake();
+  garbled.fake.faultNext('DESTROY', (_r, reply) => void (reply.usedLen = 8));
+  await garbled.client.close();
+  t.true(garbled.logs.some((l) => /malformed reply: DESTROY: fuse_out_header: reply is 8 bytes/.test(l)), garbled.logs.join('\n'));
+});
