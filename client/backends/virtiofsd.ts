@@ -25,6 +25,13 @@ export interface VirtiofsdOptions {
   writeback?: boolean;
   /** virtiofsd -d: logs every request with its flags (to `onLog`). */
   debug?: boolean;
+  /**
+   * Whose command line the binary takes: 'c' (QEMU's C virtiofsd, `-o` options; the default) or
+   * 'rust' (the Rust virtiofsd of virtio-fs/virtiofsd, Debian trixie's `virtiofsd`: `--option`s).
+   * The Rust one has no POSIX or flock lock support: posixLock and flock are not passed to it, and
+   * it answers lock requests with ENOSYS (the kernel then keeps locks local).
+   */
+  flavor?: 'c' | 'rust';
   /** Binary; default $VIRTIOFSD or /usr/lib/qemu/virtiofsd. */
   binary?: string;
   /** Runs the binary through this command (e.g. a qemu-user loader line). */
@@ -82,19 +89,7 @@ export class Virtiofsd {
     const socketPath = options.socketPath ?? join(ownedDir!, 'vhost.sock');
     rmSync(socketPath, { force: true });
 
-    const o = (flag: boolean | undefined, on: string, off: string) => (flag === undefined ? [] : ['-o', flag ? on : off]);
-    const args = [
-      `--socket-path=${socketPath}`,
-      '-o', `source=${options.sharedDir}`,
-      '-o', `sandbox=${options.sandbox ?? 'chroot'}`,
-      ...(options.cache ? ['-o', `cache=${options.cache}`] : []),
-      ...o(options.xattr, 'xattr', 'no_xattr'),
-      ...o(options.posixLock, 'posix_lock', 'no_posix_lock'),
-      ...o(options.flock, 'flock', 'no_flock'),
-      ...o(options.allowDirectIo, 'allow_direct_io', 'no_allow_direct_io'),
-      ...o(options.writeback, 'writeback', 'no_writeback'),
-      options.debug ? '-d' : '-f',
-    ];
+    const args = options.flavor === 'rust' ? rustArguments(options, socketPath) : cArguments(options, socketPath);
     const [cmd, ...pre] = options.launcher ? [...options.launcher, binary] : [binary];
     const child = spawn(cmd!, [...pre, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const daemon = new Virtiofsd(child, socketPath, ownedDir, options.onLog);
@@ -137,4 +132,35 @@ export class Virtiofsd {
     rmSync(this.socketPath, { force: true });
     if (this.ownedDir) rmSync(this.ownedDir, { recursive: true, force: true });
   }
+}
+
+/** QEMU's C virtiofsd: `-o name` options. */
+function cArguments(options: VirtiofsdOptions, socketPath: string): string[] {
+  const o = (flag: boolean | undefined, on: string, off: string) => (flag === undefined ? [] : ['-o', flag ? on : off]);
+  return [
+    `--socket-path=${socketPath}`,
+    '-o', `source=${options.sharedDir}`,
+    '-o', `sandbox=${options.sandbox ?? 'chroot'}`,
+    ...(options.cache ? ['-o', `cache=${options.cache}`] : []),
+    ...o(options.xattr, 'xattr', 'no_xattr'),
+    ...o(options.posixLock, 'posix_lock', 'no_posix_lock'),
+    ...o(options.flock, 'flock', 'no_flock'),
+    ...o(options.allowDirectIo, 'allow_direct_io', 'no_allow_direct_io'),
+    ...o(options.writeback, 'writeback', 'no_writeback'),
+    options.debug ? '-d' : '-f',
+  ];
+}
+
+/** The Rust virtiofsd: `--name[=value]` options (its cache=none is spelled never; xattrs are off unless asked). */
+function rustArguments(options: VirtiofsdOptions, socketPath: string): string[] {
+  return [
+    `--socket-path=${socketPath}`,
+    `--shared-dir=${options.sharedDir}`,
+    `--sandbox=${options.sandbox ?? 'chroot'}`,
+    ...(options.cache ? [`--cache=${options.cache === 'none' ? 'never' : options.cache}`] : []),
+    ...(options.xattr ? ['--xattr'] : []),
+    ...(options.allowDirectIo ? ['--allow-direct-io'] : []),
+    ...(options.writeback ? ['--writeback'] : []),
+    ...(options.debug ? ['--log-level=debug'] : []),
+  ];
 }

@@ -15,17 +15,27 @@ import { fileURLToPath } from 'node:url';
 import { Virtiofsd, type VirtiofsdOptions } from '../../client/backends/virtiofsd.ts';
 import { logPath } from '../../client/frontend/control.ts';
 import { mountsAt, unmount } from '../../client/frontend/fuse-mount.ts';
+import { rustVirtiofsd } from './rust-virtiofsd.ts';
 import { requireRoot } from './virtiofsd.ts';
 
-/** Every frontend the mount suite runs against; each test is registered once per entry. */
-export const FRONTENDS = ['relay', 'fuse-native'] as const;
+/**
+ * Every frontend the mount suite runs against, each over QEMU 7.2's C virtiofsd, and the relay
+ * over Debian trixie's Rust virtiofsd (the one users run today); each test is registered once per entry.
+ */
+export const FRONTENDS = ['relay', 'fuse-native', 'relay/rust-virtiofsd'] as const;
 export type Frontend = (typeof FRONTENDS)[number];
 
 /** What `virtiofs-client mount` needs to select each frontend. */
 const FRONTEND_ARGS: Record<Frontend, string[]> = {
   relay: [],
   'fuse-native': ['--frontend', 'fuse-native'],
+  'relay/rust-virtiofsd': [],
 };
+
+/** The device each entry mounts: QEMU's C virtiofsd, or the Rust one. */
+async function backendOf(frontend: Frontend): Promise<Partial<VirtiofsdOptions>> {
+  return frontend === 'relay/rust-virtiofsd' ? rustVirtiofsd() : {};
+}
 
 /**
  * A test a frontend fails for a documented reason (README, "Frontends"). The
@@ -42,6 +52,7 @@ export interface KnownLimitation {
 /** `find -printf %T@` of a time fuse-native carried: milliseconds, then seven zeros (on the mount's side of a diff). */
 const MS_TIMES = /^\s*-\s.*\d\.\d{3}0{7}(\D|$)/m;
 const LOCKS_LOCAL = 'fuse-native has no lock/flock operation: locks are kept by this machine\'s kernel, the device never sees them';
+const RUST_NO_LOCKS = "the Rust virtiofsd has no POSIX or flock lock support (ENOSYS): this machine's kernel keeps the locks, the host never sees them";
 
 /** Per frontend, by test title (as given to the suite, without the frontend prefix). */
 export const KNOWN_LIMITATIONS: { [F in Frontend]?: Record<string, KnownLimitation> } = {
@@ -74,6 +85,17 @@ export const KNOWN_LIMITATIONS: { [F in Frontend]?: Record<string, KnownLimitati
       reason: 'fuse-native does not pass the caller\'s uid/gid: the device gets the frontend\'s (root), so new files are root\'s',
       shows: /a file nobody creates is nobody's on the host[\s\S]*root:root/,
     },
+  },
+};
+
+KNOWN_LIMITATIONS['relay/rust-virtiofsd'] = {
+  'flock with virtiofsd -o flock: exclusion between processes, and with the host': {
+    reason: RUST_NO_LOCKS,
+    shows: /the lock is held on the device: the host sees it too/,
+  },
+  'fcntl (POSIX) locks with virtiofsd -o posix_lock: ranges, EAGAIN, F_GETLK, seen by the host': {
+    reason: RUST_NO_LOCKS,
+    shows: /the lock is held on the device: the host conflicts too/,
   },
 };
 
@@ -259,7 +281,7 @@ export async function withMount(
   rmSync(mountLog, { force: true });
 
   const daemonLog: string[] = [];
-  const daemon = await Virtiofsd.start({ cache: 'auto', ...options.virtiofsd, sharedDir: host, onLog: (l) => daemonLog.push(l) });
+  const daemon = await Virtiofsd.start({ cache: 'auto', ...options.virtiofsd, ...(await backendOf(frontend)), sharedDir: host, onLog: (l) => daemonLog.push(l) });
   let daemonExit = '';
   void daemon.exited.then(({ code, signal }) => (daemonExit = ` (exited at ${new Date().toISOString()}: ${signal ?? `status ${code}`})`));
   const log = () => (existsSync(mountLog) ? readFileSync(mountLog, 'utf8') : '');

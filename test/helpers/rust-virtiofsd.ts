@@ -1,0 +1,28 @@
+// Debian trixie's Rust virtiofsd, the second real x86 backend: built once into the cache by
+// scripts/rust-virtiofsd/build.sh (a private apt sysroot run through its own loader) and started
+// through client/backends/virtiofsd.ts with flavor 'rust'.
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { VirtiofsdOptions } from '../../client/backends/virtiofsd.ts';
+
+const BUILD = resolve('scripts/rust-virtiofsd/build.sh');
+
+let building: Promise<Pick<VirtiofsdOptions, 'flavor' | 'binary' | 'launcher'>> | undefined;
+
+/** What Virtiofsd.start needs to run the Rust virtiofsd (builds it the first time, ~5 s). */
+export function rustVirtiofsd(): Promise<Pick<VirtiofsdOptions, 'flavor' | 'binary' | 'launcher'>> {
+  building ??= new Promise((done, fail) => {
+    execFile('bash', [BUILD], { maxBuffer: 16 << 20 }, (error, _stdout, stderr) => {
+      if (error) {
+        fail(new Error(`${BUILD} failed (${error.message.split('\n')[0]}):\n${stderr.slice(-3000)}`));
+        return;
+      }
+      const cache = process.env.VIRTIOFS_RUST_CACHE ?? resolve('node_modules/.cache/virtiofs-rust');
+      const launch = JSON.parse(readFileSync(`${cache}/launch.json`, 'utf8')) as { binary: string; launcher: string[] };
+      done({ flavor: 'rust', binary: launch.binary, launcher: launch.launcher });
+    });
+  });
+  building.catch(() => (building = undefined));
+  return building;
+}
