@@ -12,7 +12,7 @@ import { ArchTranslationError } from '../arch/index.ts';
 import {
   Opcode,
   ProtocolError,
-  decodeReplyBody,
+  checkReplyBody,
   fuse_in_header,
   fuse_out_header,
   messageShape,
@@ -135,7 +135,7 @@ export class RequestEngine {
    * error) and the body against the opcode's shape and the size asked for; a device errno is
    * rewritten in the header in the client's encoding; a good body's architecture-dependent fields
    * (GETLK's lock type) are translated in place. A malformed reply logs one line naming the
-   * opcode and the field, and fails with EIO.
+   * opcode and the field, and fails with EIO. A good reply builds no objects.
    */
   judge(slot: Slot, opcode: number, unique: bigint, usedLen: number, space: ReplySpace): Judged {
     const { room, requested } = space;
@@ -157,7 +157,7 @@ export class RequestEngine {
       }
       const bodyLen = header.len - fuse_out_header.size;
       // INIT's reply is checked where it is decoded (it depends on what INIT asked for).
-      if (opcode !== Opcode.INIT) decodeReplyBody(opcode, view, bodyAt, bodyLen, { requestedSize: requested });
+      if (opcode !== Opcode.INIT) checkReplyBody(opcode, view, bodyAt, bodyLen, requested);
       this.translation.reply(opcode, view, bodyAt);
       return { errno: 0, bodyAt, bodyLen };
     } catch (e) {

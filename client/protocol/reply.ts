@@ -5,7 +5,7 @@
  * end of the body. Nothing here reads past `available`.
  */
 import * as abi from './abi.ts';
-import { parseDirents, parseDirentsPlus, type DirentPlus, type Dirent } from './dirent.ts';
+import { checkDirentStream, decodeDirents, decodeDirentsPlus, type DirentPlus, type Dirent } from './dirent.ts';
 import { ProtocolError } from './errors.ts';
 import { messageShape } from './messages.ts';
 import type { Struct } from '../../ffi/struct.ts';
@@ -41,14 +41,52 @@ export function readReplyHeader(opcode: number, view: DataView, at: number, avai
   return { len, errno: -error, unique };
 }
 
-/** Decodes a fixed-size body; names the field where a short body ends. */
-export function decodeStruct<V>(opcode: number, s: Struct<V>, view: DataView, at: number, bodyLen: number): V {
+/** Checks a fixed-size body's length; names the field where a short body ends. */
+function checkStruct(opcode: number, s: Struct<unknown>, bodyLen: number): void {
   if (bodyLen !== s.size) {
     const cut = s.fields.find((f) => f.offset + f.size > bodyLen);
     const field = bodyLen < s.size && cut ? `${s.name}.${cut.name}` : s.name;
     throw new ProtocolError(opcode, field, `body is ${bodyLen} bytes, ${s.name} is ${s.size}`);
   }
-  return s.decode(view, at);
+}
+
+const ENTRY_OPEN_SIZE = abi.fuse_entry_out.size + abi.fuse_open_out.size;
+
+function checkLimit(opcode: number, bodyLen: number, limit: number | undefined): void {
+  if (limit !== undefined && bodyLen > limit) throw new ProtocolError(opcode, 'body', `${bodyLen} bytes, more than the ${limit} requested`);
+}
+
+/**
+ * Checks the body of a successful reply to `opcode` (header already checked, body =
+ * view[at, at+bodyLen)) against the opcode's shape and the size the request asked for, building
+ * nothing: what the relays need before passing a reply on. decodeReplyBody checks the same way.
+ */
+export function checkReplyBody(opcode: number, view: DataView, at: number, bodyLen: number, requestedSize?: number): void {
+  const shape = messageShape(opcode);
+  if (!shape) throw new ProtocolError(opcode, 'opcode', 'not an opcode this client sends');
+  const reply = shape.reply;
+  switch (reply.kind) {
+    case 'none':
+    case 'empty':
+      if (bodyLen !== 0) throw new ProtocolError(opcode, 'body', `expected no body, got ${bodyLen} bytes`);
+      return;
+    case 'struct':
+      return checkStruct(opcode, reply.struct as Struct<unknown>, bodyLen);
+    case 'entry+open':
+      if (bodyLen !== ENTRY_OPEN_SIZE) throw new ProtocolError(opcode, 'fuse_entry_out+fuse_open_out', `body is ${bodyLen} bytes, expected ${ENTRY_OPEN_SIZE}`);
+      return;
+    case 'bytes':
+      return checkLimit(opcode, bodyLen, requestedSize);
+    case 'dirents':
+    case 'direntplus':
+      checkLimit(opcode, bodyLen, requestedSize);
+      return checkDirentStream(opcode, view, at, bodyLen, reply.kind === 'dirents' ? abi.fuse_dirent.size : abi.fuse_direntplus.size);
+    case 'xattr':
+      if (requestedSize === 0) return checkStruct(opcode, abi.fuse_getxattr_out as Struct<unknown>, bodyLen);
+      return checkLimit(opcode, bodyLen, requestedSize);
+    case 'init':
+      throw new ProtocolError(opcode, 'body', 'INIT replies are decoded by decodeInitReply');
+  }
 }
 
 export type ReplyBody =
@@ -77,48 +115,25 @@ export function decodeReplyBody(
   bodyLen: number,
   context: ReplyContext = {},
 ): ReplyBody {
-  const shape = messageShape(opcode);
-  if (!shape) throw new ProtocolError(opcode, 'opcode', 'not an opcode this client sends');
-  const reply = shape.reply;
   const limit = context.requestedSize;
+  checkReplyBody(opcode, view, at, bodyLen, limit);
+  const reply = messageShape(opcode)!.reply;
   switch (reply.kind) {
     case 'none':
     case 'empty':
-      if (bodyLen !== 0) throw new ProtocolError(opcode, 'body', `expected no body, got ${bodyLen} bytes`);
       return { kind: 'empty' };
     case 'struct':
-      return { kind: 'struct', value: decodeStruct(opcode, reply.struct, view, at, bodyLen) };
-    case 'entry+open': {
-      const need = abi.fuse_entry_out.size + abi.fuse_open_out.size;
-      if (bodyLen !== need) throw new ProtocolError(opcode, 'fuse_entry_out+fuse_open_out', `body is ${bodyLen} bytes, expected ${need}`);
-      return {
-        kind: 'entry+open',
-        entry: abi.fuse_entry_out.decode(view, at),
-        open: abi.fuse_open_out.decode(view, at + abi.fuse_entry_out.size),
-      };
-    }
+      return { kind: 'struct', value: reply.struct.decode(view, at) };
+    case 'entry+open':
+      return { kind: 'entry+open', entry: abi.fuse_entry_out.decode(view, at), open: abi.fuse_open_out.decode(view, at + abi.fuse_entry_out.size) };
     case 'bytes':
-      if (limit !== undefined && bodyLen > limit) {
-        throw new ProtocolError(opcode, 'body', `${bodyLen} bytes, more than the ${limit} requested`);
-      }
       return { kind: 'bytes', offset: at, length: bodyLen };
     case 'dirents':
+      return { kind: 'dirents', entries: decodeDirents(view, at, bodyLen) };
     case 'direntplus':
-      if (limit !== undefined && bodyLen > limit) {
-        throw new ProtocolError(opcode, 'body', `${bodyLen} bytes, more than the ${limit} requested`);
-      }
-      return reply.kind === 'dirents'
-        ? { kind: 'dirents', entries: parseDirents(opcode, view, at, bodyLen) }
-        : { kind: 'direntplus', entries: parseDirentsPlus(opcode, view, at, bodyLen) };
+      return { kind: 'direntplus', entries: decodeDirentsPlus(view, at, bodyLen) };
     case 'xattr':
-      if (limit === 0) {
-        const { size } = decodeStruct(opcode, abi.fuse_getxattr_out, view, at, bodyLen);
-        return { kind: 'xattr-size', size };
-      }
-      if (limit !== undefined && bodyLen > limit) {
-        throw new ProtocolError(opcode, 'body', `${bodyLen} bytes, more than the ${limit} requested`);
-      }
-      return { kind: 'bytes', offset: at, length: bodyLen };
+      return limit === 0 ? { kind: 'xattr-size', size: abi.fuse_getxattr_out.decode(view, at).size } : { kind: 'bytes', offset: at, length: bodyLen };
     case 'init':
       throw new ProtocolError(opcode, 'body', 'INIT replies are decoded by decodeInitReply');
   }

@@ -2,6 +2,7 @@ import test from 'ava';
 import {
   Opcode,
   ProtocolError,
+  checkReplyBody,
   decodeReplyBody,
   encodeRequest,
   fuse_attr_out,
@@ -135,6 +136,50 @@ test('dirent streams: every way a record can lie is caught', (t) => {
   // READDIRPLUS record shorter than its fixed part.
   const plus = dirents(['abc'], true);
   t.throws(() => decodeReplyBody(Opcode.READDIRPLUS, new DataView(plus.buffer), 0, 100), protocolError(/100 bytes left, a record header is 152/));
+});
+
+test('checkReplyBody (what the relays judge with, building nothing) agrees with decodeReplyBody on every body', (t) => {
+  const stream = dirents(['abc', 'def'], false);
+  const plus = dirents(['abc'], true);
+  const namelen = (bytes: Uint8Array, n: number) => {
+    const b = bytes.slice();
+    new DataView(b.buffer).setUint32(16, n, true);
+    return b;
+  };
+  const cases: [string, number, Uint8Array, number, number | undefined][] = [
+    ['good READDIR', Opcode.READDIR, stream, stream.length, 4096],
+    ['READDIR cut in a header', Opcode.READDIR, stream, 40, 4096],
+    ['READDIR name past the end', Opcode.READDIR, namelen(stream, 100), stream.length, 4096],
+    ['READDIR namelen 0', Opcode.READDIR, namelen(stream, 0), stream.length, 4096],
+    ['READDIR slash', Opcode.READDIR, dirents(['a/b'], false), 32, 4096],
+    ['READDIR over the requested size', Opcode.READDIR, stream, stream.length, 16],
+    ['good READDIRPLUS', Opcode.READDIRPLUS, plus, plus.length, 4096],
+    ['READDIRPLUS short record', Opcode.READDIRPLUS, plus, 100, 4096],
+    ['good GETATTR', Opcode.GETATTR, new Uint8Array(fuse_attr_out.size), fuse_attr_out.size, undefined],
+    ['GETATTR one byte short', Opcode.GETATTR, new Uint8Array(fuse_attr_out.size), fuse_attr_out.size - 1, undefined],
+    ['good CREATE', Opcode.CREATE, new Uint8Array(fuse_entry_out.size + fuse_open_out.size), fuse_entry_out.size + fuse_open_out.size, undefined],
+    ['CREATE without fuse_open_out', Opcode.CREATE, new Uint8Array(fuse_entry_out.size), fuse_entry_out.size, undefined],
+    ['UNLINK with a body', Opcode.UNLINK, new Uint8Array(8), 8, undefined],
+    ['READ within size', Opcode.READ, new Uint8Array(64), 64, 64],
+    ['READ past size', Opcode.READ, new Uint8Array(64), 64, 32],
+    ['GETXATTR size probe', Opcode.GETXATTR, new Uint8Array(8), 8, 0],
+    ['GETXATTR size probe, short', Opcode.GETXATTR, new Uint8Array(8), 4, 0],
+  ];
+  for (const [what, op, bytes, len, requested] of cases) {
+    const view = new DataView(bytes.buffer);
+    const message = (f: () => unknown) => {
+      try {
+        f();
+        return 'ok';
+      } catch (e) {
+        t.true(e instanceof ProtocolError, `${what}: ${(e as Error).message}`);
+        return (e as Error).message;
+      }
+    };
+    const decoded = message(() => decodeReplyBody(op, view, 0, len, { requestedSize: requested }));
+    t.is(message(() => checkReplyBody(op, view, 0, len, requested)), decoded, what);
+    t.is(decoded === 'ok', what.startsWith('good') || what.endsWith('within size') || what === 'GETXATTR size probe', what);
+  }
 });
 
 test('requests: header len, names NUL-terminated, data placement', (t) => {
