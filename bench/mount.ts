@@ -3,7 +3,7 @@
 // (a plain FUSE daemon on /dev/fuse), and our mount with each frontend
 // (`virtiofs-client mount --frontend relay|fuse-native`, each over its own
 // QEMU virtiofsd on vhost-user, since a virtiofsd serves one connection; same
-// options). fio runs the I/O workloads, a timed loop in this process the
+// options), and the relay over Debian trixie's Rust virtiofsd (relay-rust). fio runs the I/O workloads, a timed loop in this process the
 // metadata one. Prints one table with each figure and the ratios
 // <frontend>/passthrough_ll and <first frontend>/dir.
 // Run: npm run bench:mount [-- --seconds 5 --size 512 --dir /var/tmp --frontends relay,fuse-native]
@@ -19,6 +19,7 @@ import { Cleanup, runOk } from './lib/cleanup.ts';
 import { runFio, type FioJob } from './lib/fio.ts';
 import { mountOurs, type OurMount } from './lib/our-mount.ts';
 import { buildPassthroughLl, libfuseVersion, mountPassthroughLl } from './lib/passthrough-ll.ts';
+import { rustVirtiofsd } from '../scripts/rust-virtiofsd/launch.ts';
 
 const { values } = parseArgs({
   options: {
@@ -28,10 +29,11 @@ const { values } = parseArgs({
     /** Only the workloads whose name contains this. */
     only: { type: 'string' },
     /** Which of our frontends to mount, comma-separated. */
-    frontends: { type: 'string', default: 'relay,fuse-native' },
+    frontends: { type: 'string', default: 'relay,fuse-native,relay-rust' },
   },
 });
-const FRONTENDS = ['relay', 'fuse-native'] as const;
+/** Our mounts: each frontend over QEMU 7.2's C virtiofsd, and the relay over Debian trixie's Rust virtiofsd. */
+const FRONTENDS = ['relay', 'fuse-native', 'relay-rust'] as const;
 type Frontend = (typeof FRONTENDS)[number];
 const isFrontend = (f: string): f is Frontend => (FRONTENDS as readonly string[]).includes(f);
 const seconds = Number(values.seconds);
@@ -47,7 +49,7 @@ if (
 ) {
   console.error(
     'usage: bench/mount.ts [--seconds <s>] [--size <MiB, a multiple of 4>] [--dir <parent of the work directory>]\n' +
-      `                      [--only <workload name part>] [--frontends <${FRONTENDS.join(',')}> (default both)]`,
+      `                      [--only <workload name part>] [--frontends <${FRONTENDS.join(',')}> (default all)]`,
   );
   process.exit(2);
 }
@@ -62,7 +64,7 @@ const META_FILE = 4096;
 type TargetName = 'dir' | 'passthrough_ll' | Frontend;
 const TARGETS: TargetName[] = ['dir', 'passthrough_ll', ...frontends];
 /** What each frontend's `status` counts: the relay carries FUSE opcodes, fuse-native serves libfuse callbacks. */
-const COUNTED: Record<Frontend, string> = { relay: 'FUSE requests', 'fuse-native': 'libfuse callbacks' };
+const COUNTED: Record<Frontend, string> = { relay: 'FUSE requests', 'fuse-native': 'libfuse callbacks', 'relay-rust': 'FUSE requests' };
 
 interface Workload {
   name: string;
@@ -188,7 +190,7 @@ async function main(): Promise<void> {
   // stop, so clean-up (newest first) unmounts before the device goes away.
   const ours = new Map<Frontend, Ours>();
   for (const f of frontends) {
-    const daemon = await Virtiofsd.start({ sharedDir: data, cache: 'auto' });
+    const daemon = await Virtiofsd.start({ sharedDir: data, cache: 'auto', ...(f === 'relay-rust' ? await rustVirtiofsd() : {}) });
     cleanup.add(`virtiofsd for ${f}`, () => daemon.stop());
     const entry: Partial<Ours> & { daemon: Virtiofsd } = { daemon };
     void daemon.exited.then(({ code, signal }) => {
@@ -196,7 +198,7 @@ async function main(): Promise<void> {
       entry.daemonDied = `virtiofsd of ${f} (pid ${daemon.pid}) exited during the run: ${signal ? `signal ${signal}` : `status ${code}`}\n${daemon.recentOutput()}`;
       console.error(entry.daemonDied);
     });
-    entry.mount = await mountOurs(cleanup, daemon.socketPath, roots[f], ['--frontend', f]);
+    entry.mount = await mountOurs(cleanup, daemon.socketPath, roots[f], ['--frontend', f === 'relay-rust' ? 'relay' : f]);
     ours.set(f, entry as Ours);
   }
   for (const t of TARGETS) statSync(join(roots[t], 'read.dat')); // each mount answers
@@ -204,6 +206,7 @@ async function main(): Promise<void> {
   const env = [
     `kernel ${release()}`,
     `${sh(process.env.VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd', ['--version']).split('\n')[0]}, -o cache=auto, sandbox=chroot (one per frontend)`,
+    ...(frontends.includes('relay-rust') ? [`relay-rust: Debian trixie's Rust virtiofsd (scripts/rust-virtiofsd), --cache=auto --sandbox=chroot`] : []),
     `passthrough_ll (libfuse ${await libfuseVersion(cleanup)}) -o cache=auto, multi-threaded`,
     sh('fio', ['--version']),
     `${availableParallelism()} CPUs`,

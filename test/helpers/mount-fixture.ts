@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { Virtiofsd, type VirtiofsdOptions } from '../../client/backends/virtiofsd.ts';
 import { logPath } from '../../client/frontend/control.ts';
 import { mountsAt, unmount } from '../../client/frontend/fuse-mount.ts';
-import { rustVirtiofsd } from './rust-virtiofsd.ts';
+import { rustVirtiofsd } from '../../scripts/rust-virtiofsd/launch.ts';
 import { requireRoot } from './virtiofsd.ts';
 
 /**
