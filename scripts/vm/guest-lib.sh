@@ -6,11 +6,30 @@
 #   VM_VFIO_NOIOMMU_KO    vfio.ko rebuilt with CONFIG_VFIO_NOIOMMU (Debian's has it off)
 #   VM_IOMMU              none | intel
 #   VM_VIRTIOFS_TAG       the virtio-fs device's tag
+#   VM_TOKEN              this run's token, for the console markers
+#   VM_NODE_TS, VM_CLI    how to start node on a TypeScript file, and the virtiofs-client command
 # Every function keeps its variables local, prints what went wrong to stderr and returns non-zero
 # on failure.
 
 VM_VIRTIOFS_VENDOR=0x1af4
 VM_VIRTIOFS_DEVICE=0x105a
+
+# vm_step NAME [BUDGET]: ends the current step and starts NAME, whose deadline is BUDGET times the
+# run's calibration (the guest's first node start; the harness's default budget without BUDGET).
+# The marker goes straight to the console, so it also works inside a pipe or $(...).
+vm_step() {
+  echo "@@VIRTIOFS-VM-STEP $VM_TOKEN ${2:--} $1" >/dev/console
+}
+
+# vm_node_ts FILE.ts [ARGS...]: runs a TypeScript entry point with node ($VM_NODE_TS, word-split).
+vm_node_ts() {
+  $VM_NODE_TS "$@"
+}
+
+# vm_cli ARGS...: the virtiofs-client command ($VM_CLI, word-split).
+vm_cli() {
+  $VM_CLI "$@"
+}
 
 # vm_modprobe MODULE [PARAM=VALUE...]: loads a module and its dependencies from the extracted tree;
 # does nothing (and spends no 1-2 s on modprobe under TCG) when MODULE is loaded already.
@@ -123,4 +142,38 @@ vm_bind_vfio() {
 vm_mount_virtiofs() {
   vm_modprobe virtiofs || return 1
   mkdir -p "$1" && mount -t virtiofs "$VM_VIRTIOFS_TAG" "$1"
+}
+
+# vm_relay_pid MOUNTPOINT: prints the pid of the `mount --foreground` relay process serving MOUNTPOINT
+# (the CLI's background mount); fails when there is none. Shell builtins only (a scan of /proc).
+vm_relay_pid() {
+  local p args
+  for p in /proc/[0-9]*; do
+    mapfile -d '' args <"$p/cmdline" 2>/dev/null || continue
+    case " ${args[*]} " in
+      *" mount "*" --foreground "*)
+        if [[ " ${args[*]} " == *" $1 "* ]]; then
+          echo "${p#/proc/}"
+          return 0
+        fi
+        ;;
+    esac
+  done
+  return 1
+}
+
+# vm_wait_relay_exit MOUNTPOINT [SECONDS]: waits (default 60 s) until the relay serving MOUNTPOINT has
+# exited (it does by itself once unmounted). On a timeout it prints the process, its kernel stack and
+# the relay logs to stderr and fails.
+vm_wait_relay_exit() {
+  local limit=$((${2:-60} * 5)) tries=0 pid
+  while pid=$(vm_relay_pid "$1"); do
+    if (( ++tries > limit )); then
+      echo "vm_wait_relay_exit: relay pid $pid for $1 still running after ${2:-60} s: $(tr '\0' ' ' <"/proc/$pid/cmdline")" >&2
+      sed 's/^/  kernel stack: /' "/proc/$pid/stack" >&2 2>/dev/null
+      tail -n 20 /run/virtiofs-client/*.log 2>/dev/null | sed 's/^/  relay log: /' >&2
+      return 1
+    fi
+    sleep 0.2
+  done
 }

@@ -5,7 +5,9 @@
 #   - tmpfs on /tmp /run /var/tmp /root; the working directory and the vm.keep= directories are bound
 #     back over them, so they stay visible wherever they live on the host,
 #   - switch_root, then runs the script file named on the kernel command line with /bin/bash,
-#   - prints "@@VIRTIOFS-VM-EXIT <token> <status>" and powers off (poweroff -f).
+#   - prints "@@VIRTIOFS-VM-EXIT <token> <status>" and powers off (poweroff -f);
+#   - on the way, "@@VIRTIOFS-VM-STEP <token> - <phase>" when each phase begins (init-modules, init-9p,
+#     init-switch-root), then "@@VIRTIOFS-VM-BEGIN <token>" just before the script.
 # Kernel parameters read from /proc/cmdline: vm.script=HOST_PATH vm.cwd=DIR vm.token=WORD
 # vm.keep=DIR,DIR,... (absolute host paths, no spaces or commas).
 # It never falls back to an interactive shell: any failure prints "@@VIRTIOFS-VM-FAIL <token> <why>"
@@ -27,6 +29,12 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 
+# Phase markers, timed by the host as they arrive: "@@VIRTIOFS-VM-STEP <token> - <phase>".
+step() {
+  echo "@@VIRTIOFS-VM-STEP $token - $1"
+}
+step init-modules
+
 fail() {
   echo "@@VIRTIOFS-VM-FAIL $token $*"
   poweroff -f
@@ -38,6 +46,7 @@ for m in $(cat /modules.order); do
   insmod "/lib/modules/$m" || fail "insmod $m"
 done
 
+step init-9p
 mkdir -p /newroot /hold
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /newroot \
   || fail "mount of the host root over 9p"
@@ -81,6 +90,7 @@ echo "@@VIRTIOFS-VM-EXIT $token \$?"
 exec /run/virtiofs-vm/busybox poweroff -f
 EOF
 
+step init-switch-root
 for d in proc sys dev; do
   mount -o move "/$d" "/newroot/$d" || fail "move /$d"
 done
