@@ -102,7 +102,7 @@ export class FuseSession {
     readonly clientArch: Architecture,
     readonly wireArchReason: string,
     /** How architecture-dependent fields are rewritten between client and wire encodings. */
-    readonly translation: WireTranslation,
+    translation: WireTranslation,
     private readonly options: Required<Pick<SessionOptions, 'timeoutMs' | 'uid' | 'gid' | 'pid'>>,
     private readonly log: (line: string) => void,
   ) {
@@ -138,6 +138,11 @@ export class FuseSession {
     const session = new FuseSession(device, init, archMode, clientArch, reason, new WireTranslation(clientArch, wire, log), settings, log);
     session.uniqueCounter = bootstrap.uniqueCounter;
     return session;
+  }
+
+  /** How architecture-dependent fields are rewritten between client and wire encodings (the engine's). */
+  get translation(): WireTranslation {
+    return this.engine.translation;
   }
 
   /** The encoding architecture-dependent values travel in. */

@@ -105,6 +105,14 @@ export class BackendRelay {
     return { init, maxWrite: this.session.maxWrite, maxPages: Math.min(init.maxPages, Math.floor(this.device.dataRoom / 4096)) };
   }
 
+  /**
+   * The encodings the frontend's INIT settled (client's <-> this device's own): every request from
+   * now on is translated by the backend session's engine with it.
+   */
+  useTranslation(translation: WireTranslation): void {
+    this.engine().translation = translation;
+  }
+
   /** The backend's INIT, once done: for logs. */
   describe(): string[] {
     return this.session?.describe() ?? [];
@@ -115,12 +123,12 @@ export class BackendRelay {
    * `respond`. Throws EngineFailure when the device itself cannot carry the
    * request or the backend's reply; the caller answers with that errno.
    */
-  async forward(request: FrontendRequest, translation: WireTranslation, respond: Respond): Promise<void> {
+  async forward(request: FrontendRequest, respond: Respond): Promise<void> {
     const { opcode, unique, len } = request;
     const shape = messageShape(opcode);
     if (!shape || !isRelayable(opcode) || shape.reply.kind === 'none') throw new EngineFailure('ENOSYS', `${opcodeName(opcode)} is not relayed`);
     const engine = this.engine();
-    engine.translation = translation;
+    const translation = engine.translation;
     const slot = await this.device.acquireSlot().catch((error: Error) => {
       throw new EngineFailure('EIO', `backend unavailable: ${error.message}`);
     });

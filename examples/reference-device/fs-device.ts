@@ -139,7 +139,7 @@ export class ReferenceFsDevice implements DeviceModel {
         queue.complete(chain.head, 0);
         return;
       }
-      await this.backend.forward(request, this.translation!, respond);
+      await this.backend.forward(request, respond);
     } catch (error) {
       if (!(error instanceof EngineFailure || error instanceof ProtocolError)) {
         this.log(`${opcodeName(opcode)} unique ${unique}: ${(error as Error).stack ?? error}`);
@@ -175,6 +175,7 @@ export class ReferenceFsDevice implements DeviceModel {
     }
     const decision = decideArch(this.options.answer, client, own, terms.init.minor);
     this.translation = translationFor(decision, own, this.log);
+    this.backend.useTranslation(this.translation);
     this.negotiated = decision.outcome;
     this.log(`INIT: FUSE 7.${terms.init.minor}; ${decision.reason}`);
     this.writeInit(queue, chain, unique, initReply(client, terms, decision, own));
