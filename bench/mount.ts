@@ -5,7 +5,10 @@
 // QEMU virtiofsd on vhost-user, since a virtiofsd serves one connection; same
 // options), and the relay over Debian trixie's Rust virtiofsd (relay-rust). fio runs the I/O workloads, a timed loop in this process the
 // metadata one. Prints one table with each figure and the ratios
-// <frontend>/passthrough_ll and <first frontend>/dir.
+// <frontend>/passthrough_ll and <first frontend>/dir; then, from the same runs,
+// the CPU time per operation of each process serving a mount (our client, its
+// virtiofsd, passthrough_ll: /proc/<pid>/stat around each timed run) and fio's
+// mean completion latency of one 4 KiB random read on every mount.
 // Run: npm run bench:mount [-- --seconds 5 --size 512 --dir /var/tmp --frontends relay,fuse-native]
 import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
@@ -16,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Virtiofsd } from '../client/backends/virtiofsd.ts';
 import { Cleanup, runOk } from './lib/cleanup.ts';
+import { CLOCK_TICKS, cpuTicks, usPerOp } from './lib/cpu.ts';
 import { runFio, type FioJob } from './lib/fio.ts';
 import { mountOurs, type OurMount } from './lib/our-mount.ts';
 import { buildPassthroughLl, libfuseVersion, mountPassthroughLl } from './lib/passthrough-ll.ts';
@@ -30,6 +34,7 @@ const { values } = parseArgs({
     only: { type: 'string' },
     /** Which of our frontends to mount, comma-separated. */
     frontends: { type: 'string', default: 'relay,fuse-native,relay-rust' },
+    help: { type: 'boolean', short: 'h' },
   },
 });
 /** Our mounts: each frontend over QEMU 7.2's C virtiofsd, and the relay over Debian trixie's Rust virtiofsd. */
@@ -39,6 +44,14 @@ const isFrontend = (f: string): f is Frontend => (FRONTENDS as readonly string[]
 const seconds = Number(values.seconds);
 const sizeMiB = Number(values.size);
 const frontendNames = [...new Set(values.frontends.split(',').map((f) => f.trim()).filter(Boolean))];
+const usage =
+  'usage: bench/mount.ts [--seconds <s>] [--size <MiB, a multiple of 4>] [--dir <parent of the work directory>]\n' +
+  `                      [--only <workload name part>] [--frontends <${FRONTENDS.join(',')}> (default all)]\n` +
+  '(quickest: --seconds 1 --size 8, and --only <workload>)';
+if (values.help) {
+  console.log(usage);
+  process.exit(0);
+}
 if (
   !(seconds > 0) ||
   !Number.isInteger(sizeMiB) ||
@@ -47,10 +60,7 @@ if (
   frontendNames.length === 0 ||
   !frontendNames.every(isFrontend)
 ) {
-  console.error(
-    'usage: bench/mount.ts [--seconds <s>] [--size <MiB, a multiple of 4>] [--dir <parent of the work directory>]\n' +
-      `                      [--only <workload name part>] [--frontends <${FRONTENDS.join(',')}> (default all)]`,
-  );
+  console.error(usage);
   process.exit(2);
 }
 /** Our frontends to measure, in the order given. */
@@ -66,14 +76,38 @@ const TARGETS: TargetName[] = ['dir', 'passthrough_ll', ...frontends];
 /** What each frontend's `status` counts: the relay carries FUSE opcodes, fuse-native serves libfuse callbacks. */
 const COUNTED: Record<Frontend, string> = { relay: 'FUSE requests', 'fuse-native': 'libfuse callbacks', 'relay-rust': 'FUSE requests' };
 
+/**
+ * Runs the timed part of a measurement (a fio run, the metadata loop without its warm-up): the CPU
+ * time of the processes serving the mount is sampled right before and after it.
+ */
+type Timed = <T>(run: () => Promise<T>) => Promise<T>;
+
 interface Workload {
   name: string;
   unit: 'MiB/s' | 'ops/s' | 'files/s';
+  /** What `ios` counts: one operation of the CPU-per-operation figures. */
+  per: string;
   /** Measures one target whose view of the shared directory is `root`. */
-  measure(target: TargetName, root: string): Promise<{ value: number; ios?: number }>;
+  measure(target: TargetName, root: string, timed: Timed): Promise<{ value: number; ios?: number; clatUs?: number }>;
 }
 
-type Cell = { value: number; ios?: number; requests?: Map<string, number> } | { error: string; mountLog?: string };
+/** The processes serving a mount, by role: passthrough_ll's daemon, or our client and its virtiofsd. */
+type Role = 'passthrough_ll' | 'client' | 'virtiofsd';
+
+/** A figure taken. */
+interface Measured {
+  value: number;
+  ios?: number;
+  /** fio's mean completion latency, us. */
+  clatUs?: number;
+  requests?: Map<string, number>;
+  /** CPU clock ticks each serving process used during the timed part. */
+  cpu?: Map<Role, number>;
+  /** Wall-clock seconds of the timed part. */
+  timedSeconds?: number;
+}
+
+type Cell = Measured | { error: string; mountLog?: string };
 
 /** One of our mounts with the virtiofsd behind it (its own: a virtiofsd serves one connection). */
 interface Ours {
@@ -129,7 +163,7 @@ function layOut(path: string, bytes: number): void {
  * batches of META_BATCH fresh names, for `seconds`; returns files per second and files.
  * Synchronous fs calls from this process, the same for every target.
  */
-async function metadataLoop(dir: string): Promise<{ value: number; ios: number }> {
+async function metadataLoop(dir: string, timed: Timed): Promise<{ value: number; ios: number }> {
   const payload = Buffer.alloc(META_FILE, 0x61);
   const batch = (tag: string) => {
     const names = Array.from({ length: META_BATCH }, (_, i) => join(dir, `${tag}-${i}`));
@@ -142,16 +176,18 @@ async function metadataLoop(dir: string): Promise<{ value: number; ios: number }
     for (const n of names) unlinkSync(n);
   };
   batch('warmup');
-  let files = 0;
-  const start = performance.now();
-  const end = start + seconds * 1000;
-  for (let b = 0; performance.now() < end; b++) {
-    cleanup.check();
-    batch(`b${b}`);
-    files += META_BATCH;
-    await new Promise((r) => setImmediate(r)); // let a Ctrl-C in
-  }
-  return { value: files / ((performance.now() - start) / 1000), ios: files };
+  return timed(async () => {
+    let files = 0;
+    const start = performance.now();
+    const end = start + seconds * 1000;
+    for (let b = 0; performance.now() < end; b++) {
+      cleanup.check();
+      batch(`b${b}`);
+      files += META_BATCH;
+      await new Promise((r) => setImmediate(r)); // let a Ctrl-C in
+    }
+    return { value: files / ((performance.now() - start) / 1000), ios: files };
+  });
 }
 
 function fmt(n: number): string {
@@ -185,7 +221,7 @@ async function main(): Promise<void> {
   layOut(join(data, 'write.dat'), size);
   await sync();
 
-  await mountPassthroughLl(cleanup, passthroughLl, data, roots.passthrough_ll, ['cache=auto', 'default_permissions']);
+  const ptll = await mountPassthroughLl(cleanup, passthroughLl, data, roots.passthrough_ll, ['cache=auto', 'default_permissions']);
   // Each frontend gets its own virtiofsd (same options); its unmount is registered after the daemon's
   // stop, so clean-up (newest first) unmounts before the device goes away.
   const ours = new Map<Frontend, Ours>();
@@ -202,6 +238,16 @@ async function main(): Promise<void> {
     ours.set(f, entry as Ours);
   }
   for (const t of TARGETS) statSync(join(roots[t], 'read.dat')); // each mount answers
+  /** The processes whose CPU time is sampled around each timed run on `t` (none for the directory). */
+  const servers = (t: TargetName): [Role, number | undefined][] => {
+    if (t === 'dir') return [];
+    if (t === 'passthrough_ll') return [['passthrough_ll', ptll.pid]];
+    const o = ours.get(t)!;
+    return [
+      ['client', o.mount.relayPid],
+      ['virtiofsd', o.daemon.pid],
+    ];
+  };
 
   const env = [
     `kernel ${release()}`,
@@ -221,15 +267,17 @@ async function main(): Promise<void> {
   // pass crosses FUSE. On the directory itself that would drop the backing pages (disk reads), so the
   // baseline keeps invalidate=0: a page-cache copy.
   const fio = (job: Omit<FioJob, 'filename' | 'seconds' | 'invalidate'>, file: string, invalidateOnMounts: boolean) =>
-    async (target: TargetName, root: string) => {
-      const r = await runFio(cleanup, { ...job, filename: join(root, file), seconds, invalidate: invalidateOnMounts && target !== 'dir' });
-      return { value: job.bs === '4k' ? r.iops : r.bytesPerSecond / MiB, ios: r.ios };
+    async (target: TargetName, root: string, timed: Timed) => {
+      const r = await timed(() =>
+        runFio(cleanup, { ...job, filename: join(root, file), seconds, invalidate: invalidateOnMounts && target !== 'dir' }),
+      );
+      return { value: job.bs === '4k' ? r.iops : r.bytesPerSecond / MiB, ios: r.ios, clatUs: r.clatMeanUs };
     };
   const reading = (job: Omit<FioJob, 'filename' | 'seconds' | 'invalidate'>) => {
     const measure = fio(job, 'read.dat', true);
-    return async (target: TargetName, root: string) => {
+    return async (target: TargetName, root: string, timed: Timed) => {
       warm(join(data, 'read.dat'));
-      return measure(target, root);
+      return measure(target, root, timed);
     };
   };
   // Writes: buffered, overwriting write.dat in place (laid out beforehand) for the whole run, with
@@ -238,31 +286,35 @@ async function main(): Promise<void> {
   // not the disk; `sync` flushes them before and after each run, outside the timing.
   const writing = (job: Omit<FioJob, 'filename' | 'seconds' | 'invalidate'>) => {
     const measure = fio(job, 'write.dat', false);
-    return async (target: TargetName, root: string) => {
+    return async (target: TargetName, root: string, timed: Timed) => {
       await sync();
       try {
-        return await measure(target, root);
+        return await measure(target, root, timed);
       } finally {
         await sync();
       }
     };
   };
   const quarter = `${sizeMiB / 4}M`;
+  /** The workload whose fio completion latency is shown per mount. */
+  const LATENCY_WORKLOAD = 'rand read 4 KiB, 1 job';
   const workloads: Workload[] = [
-    { name: 'seq read 1 MiB', unit: 'MiB/s', measure: reading({ rw: 'read', bs: '1M', size: `${sizeMiB}M` }) },
-    { name: 'seq write 1 MiB', unit: 'MiB/s', measure: writing({ rw: 'write', bs: '1M', size: `${sizeMiB}M` }) },
-    { name: 'rand read 4 KiB, 1 job', unit: 'ops/s', measure: reading({ rw: 'randread', bs: '4k', size: `${sizeMiB}M` }) },
+    { name: 'seq read 1 MiB', unit: 'MiB/s', per: '1 MiB read', measure: reading({ rw: 'read', bs: '1M', size: `${sizeMiB}M` }) },
+    { name: 'seq write 1 MiB', unit: 'MiB/s', per: '1 MiB write', measure: writing({ rw: 'write', bs: '1M', size: `${sizeMiB}M` }) },
+    { name: LATENCY_WORKLOAD, unit: 'ops/s', per: '4 KiB read', measure: reading({ rw: 'randread', bs: '4k', size: `${sizeMiB}M` }) },
     {
       name: 'rand read 4 KiB, 4 jobs',
       unit: 'ops/s',
+      per: '4 KiB read',
       measure: reading({ rw: 'randread', bs: '4k', size: quarter, numjobs: 4, offsetIncrement: quarter }),
     },
     {
       name: 'create+stat+unlink 4 KiB',
       unit: 'files/s',
-      measure: async (target, root) => {
+      per: 'file',
+      measure: async (target, root, timed) => {
         await sync();
-        return metadataLoop(join(root, `meta-${target}`));
+        return metadataLoop(join(root, `meta-${target}`), timed);
       },
     },
   ];
@@ -277,10 +329,26 @@ async function main(): Promise<void> {
       process.stderr.write(`${w.name.padEnd(26)} ${t.padEnd(15)} `);
       const mine = isFrontend(t) ? ours.get(t) : undefined;
       const before = await mine?.mount.counts();
+      const roles = servers(t);
+      const cpu = new Map<Role, number>();
+      let timedSeconds = 0;
+      const timed: Timed = async (run) => {
+        const pids = roles.map(([, pid]) => pid);
+        const ticksBefore = cpuTicks(pids);
+        const start = performance.now();
+        const result = await run();
+        timedSeconds += (performance.now() - start) / 1000;
+        const ticksAfter = cpuTicks(pids);
+        roles.forEach(([role], i) => {
+          const [a, b] = [ticksAfter[i], ticksBefore[i]];
+          if (a !== undefined && b !== undefined) cpu.set(role, (cpu.get(role) ?? 0) + a - b);
+        });
+        return result;
+      };
       let cell: Cell;
       try {
-        const { value, ios } = await w.measure(t, roots[t]);
-        cell = { value, ios };
+        const { value, ios, clatUs } = await w.measure(t, roots[t], timed);
+        cell = { value, ios, clatUs, ...(roles.length ? { cpu, timedSeconds } : {}) };
         if (mine && before) {
           const after = await mine.mount.counts();
           cell.requests = new Map([...after].map(([op, n]) => [op, n - (before.get(op) ?? 0)] as const).filter(([, n]) => n > 0));
@@ -314,8 +382,67 @@ async function main(): Promise<void> {
     const cell = (t: TargetName) => results.get(`${w.name}/${t}`);
     return [w.name, w.unit, ...TARGETS.map((t) => show(cell(t))), ...ratios.map(([a, b]) => ratio(cell(a), cell(b)))];
   });
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  /** Prints a table as the main one: `left` left-aligned columns (workload, unit), then right-aligned figures. */
+  const printTable = (head: string[], body: string[][], left = 2) => {
+    const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)));
+    const line = (cells: string[]) => cells.map((c, i) => (i < left ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+    console.log(line(head));
+    console.log(line(widths.map((w) => '-'.repeat(w))));
+    for (const r of body) console.log(line(r));
+  };
+
+  // CPU per operation: a row per workload and mount of ours, with passthrough_ll's figures (same workload) beside it.
+  /** Below this many clock ticks (a tick's rounding each side) a CPU figure is marked as coarse. */
+  const FEW_TICKS = 20;
+  let coarse = false;
+  /** CPU ticks `roles` used together during the timed part of `c`, if all were sampled. */
+  const ticksOf = (c: Cell | undefined, roles: Role[]) =>
+    c === undefined || 'error' in c || !c.cpu || roles.some((r) => !c.cpu!.has(r))
+      ? undefined
+      : roles.reduce((sum, r) => sum + c.cpu!.get(r)!, 0);
+  const cpuFigure = (c: Cell | undefined, roles: Role[], figure: (ticks: number, c: Measured) => number | undefined) => {
+    const ticks = ticksOf(c, roles);
+    const value = ticks === undefined ? undefined : figure(ticks, c as Measured);
+    if (value === undefined) return { shown: c && 'error' in c ? 'ERROR' : '-' };
+    if (ticks! < FEW_TICKS) coarse = true;
+    return { value, shown: `${fmt(value)}${ticks! < FEW_TICKS ? '*' : ''}` };
+  };
+  const perOp = (ticks: number, c: Measured) => (c.ios ? usPerOp(ticks, c.ios) : undefined);
+  const busy = (ticks: number, c: Measured) => (c.timedSeconds ? (ticks / CLOCK_TICKS / c.timedSeconds) * 100 : undefined);
+  const cpuHeader = [
+    'workload',
+    'mount',
+    'per',
+    'client us/op',
+    'virtiofsd us/op',
+    'total us/op',
+    'passthrough_ll us/op',
+    'total/pt_ll',
+    'client %CPU',
+    'virtiofsd %CPU',
+    'passthrough_ll %CPU',
+  ];
+  const cpuTable = chosen.flatMap((w) => {
+    const ptllCell = results.get(`${w.name}/passthrough_ll`);
+    const ptll = cpuFigure(ptllCell, ['passthrough_ll'], perOp);
+    return frontends.map((f) => {
+      const c = results.get(`${w.name}/${f}`);
+      const total = cpuFigure(c, ['client', 'virtiofsd'], perOp);
+      return [
+        w.name,
+        f,
+        w.per,
+        cpuFigure(c, ['client'], perOp).shown,
+        cpuFigure(c, ['virtiofsd'], perOp).shown,
+        total.shown,
+        ptll.shown,
+        total.value !== undefined && ptll.value ? (total.value / ptll.value).toFixed(2) : '-',
+        cpuFigure(c, ['client'], busy).shown,
+        cpuFigure(c, ['virtiofsd'], busy).shown,
+        cpuFigure(ptllCell, ['passthrough_ll'], busy).shown,
+      ];
+    });
+  });
 
   console.log(`virtiofs-client mount benchmark: ${seconds} s per figure, one run, same files (${sizeMiB} MiB each)`);
   const load = (l: number[]) => l.map((x) => x.toFixed(2)).join(' ');
@@ -330,9 +457,7 @@ async function main(): Promise<void> {
     console.log(`${f}: ${lines.join('; ')}`);
   }
   console.log('');
-  console.log(line(header));
-  console.log(line(widths.map((w) => '-'.repeat(w))));
-  for (const r of rows) console.log(line(r));
+  printTable(header, rows);
   console.log('');
   console.log('How each figure was taken:');
   console.log('- dir = the directory itself; passthrough_ll = libfuse\'s example daemon on /dev/fuse (-o cache=auto,');
@@ -351,6 +476,48 @@ async function main(): Promise<void> {
   console.log('  All mounts use default_permissions (ours always, as Linux\'s virtio_fs driver does; passthrough_ll is');
   console.log('  given -o default_permissions to match): the kernel checks permissions from cached attributes and asks');
   console.log('  for them again (GETATTR) once a create, write or unlink invalidated them; see the counts below.');
+
+  console.log('');
+  console.log('CPU time per operation of each process serving a mount, same runs: client = our virtiofs-client process,');
+  console.log('virtiofsd = the device behind it, total = both, beside passthrough_ll (one process doing both) on the same');
+  console.log('workload; %CPU = that CPU time over the timed run\'s wall-clock time (100 = one CPU busy throughout):');
+  printTable(cpuHeader, cpuTable, 3);
+  console.log(`- utime+stime from /proc/<pid>/stat (every thread of the process) plus that of its children, sampled`);
+  console.log('  right before and after the fio run (fio\'s start-up included) or the metadata loop (its warm-up batch');
+  console.log('  excluded), divided by the I/Os fio completed (total_ios) or the files made. That is the CPU of the');
+  console.log('  process, system calls included (its /dev/fuse reads and writes, eventfd kicks, virtiofsd\'s file I/O),');
+  console.log('  not the kernel work done in fio\'s own system calls (the FUSE request queueing and page copies).');
+  console.log(`  The kernel counts it in clock ticks (${(1000 / CLOCK_TICKS).toFixed(0)} ms each, CLK_TCK ${CLOCK_TICKS}): a figure is good to about`);
+  console.log('  two ticks over the run' + (coarse ? `; * = under ${FEW_TICKS} ticks in all, coarse (run longer with --seconds).` : '.'));
+
+  const latencyCells = TARGETS.map((t) => results.get(`${LATENCY_WORKLOAD}/${t}`));
+  if (latencyCells.some((c) => c !== undefined)) {
+    const clat = (c: Cell | undefined) => (c && 'value' in c ? c.clatUs : undefined);
+    const ptllClat = clat(results.get(`${LATENCY_WORKLOAD}/passthrough_ll`));
+    const shown = (c: Cell | undefined, us: number | undefined) => (us !== undefined ? fmt(us) : c && 'error' in c ? 'ERROR' : '-');
+    console.log('');
+    console.log(`fio mean completion latency (clat mean) of one read, ${LATENCY_WORKLOAD}, same runs; then the extra latency`);
+    console.log('per request vs passthrough_ll (<mount> - pt_ll):');
+    printTable(
+      ['workload', 'unit', ...TARGETS, ...frontends.map((f) => `${f} - pt_ll`)],
+      [
+        [
+          LATENCY_WORKLOAD,
+          'us',
+          ...latencyCells.map((c) => shown(c, clat(c))),
+          ...frontends.map((f) => {
+            const c = results.get(`${LATENCY_WORKLOAD}/${f}`);
+            const mine = clat(c);
+            return shown(c, mine !== undefined && ptllClat !== undefined ? mine - ptllClat : undefined);
+          }),
+        ],
+      ],
+    );
+    console.log('- psync: fio times each pread() whole (no separate submission latency), so this is the system call as the');
+    console.log('  application sees it: kernel FUSE, the daemon(s), the host page cache copy. The difference to pt_ll is');
+    console.log('  what our path (client process + vhost-user + virtiofsd) adds to one request over libfuse on /dev/fuse;');
+    console.log('  the split inside it is not measured here (see the CPU per operation above for where the CPU goes).');
+  }
 
   for (const f of frontends) {
     console.log('');

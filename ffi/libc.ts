@@ -50,6 +50,8 @@ export const EPOLLOUT = 0x004;
 export const EPOLLERR = 0x008;
 export const EPOLLHUP = 0x010;
 export const EPOLLRDHUP = 0x2000;
+/** Wake one of the epoll sets waiting on a shared wait queue, not all (the /dev/fuse clones). */
+export const EPOLLEXCLUSIVE = 1 << 28;
 
 // mount(2), umount2(2)
 export const MS_RDONLY = 1;
@@ -69,6 +71,7 @@ const POINTER_BITS = 8 * koffi.sizeof('void *');
 const MAP_FAILED = (1n << BigInt(POINTER_BITS)) - 1n;
 const INT_SIZE = koffi.sizeof('int');
 const EAGAIN = errnoNumber('EAGAIN');
+const EINTR = errnoNumber('EINTR');
 
 // off_t is 64-bit on LP64; 32-bit glibc needs the explicit *64 entry points.
 const off64 = POINTER_BITS === 64 ? '' : '64';
@@ -340,6 +343,21 @@ export class EpollEventBuffer {
     this.bytes = new Uint8Array(new ArrayBuffer(capacity * EpollEvent.size));
   }
 
+  /** The EPOLL* bits of event `index`, read without building an object (the per-queue threads' loop). */
+  eventsAt(index: number): number {
+    return this.#view.getUint32(index * EpollEvent.size + EPOLL_EVENTS_AT, true);
+  }
+
+  /** The low 32 bits of event `index`'s token (epoll_data.u64). */
+  tokenAt(index: number): number {
+    return this.#view.getUint32(index * EpollEvent.size + EPOLL_DATA_AT, true);
+  }
+
+  #viewCache: DataView | undefined;
+  get #view(): DataView {
+    return (this.#viewCache ??= new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength));
+  }
+
   event(index: number): EpollReadyEvent {
     const { events, data }: { events: number; data: number | bigint } = koffi.decode(
       this.bytes,
@@ -348,6 +366,22 @@ export class EpollEventBuffer {
     );
     return { events, token: Number(data) };
   }
+}
+
+const EPOLL_EVENTS_AT = koffi.offsetof(EpollEvent, 'events');
+const EPOLL_DATA_AT = koffi.offsetof(EpollEvent, 'data');
+
+/**
+ * epoll_wait(2) on the calling thread, blocking it up to `timeoutMs` (-1: no limit). For threads
+ * that own their loop (the per-queue threads), never the main thread. Returns the number of
+ * events in `buffer`, 0 on timeout or EINTR.
+ */
+export function epollWait(epfd: number, buffer: EpollEventBuffer, timeoutMs: number): number {
+  const count = c.epoll_wait(epfd, buffer.bytes, buffer.capacity, timeoutMs);
+  if (count >= 0) return count;
+  const errno = koffi.errno();
+  if (errno === EINTR) return 0;
+  throw new ErrnoError('epoll_wait', errno);
 }
 
 /**
@@ -400,6 +434,72 @@ export function readv(fd: number, buffers: readonly Uint8Array[]): number {
 /** writev(2) of `buffers` in order; returns the bytes written. */
 export function writev(fd: number, buffers: readonly Uint8Array[]): number {
   return check('writev', c.writev(fd, buffers.map((b) => ({ iov_base: b, iov_len: b.length })), buffers.length) as number);
+}
+
+// --- the request path's calls: raw iovec arrays, results as numbers, nothing allocated ----------
+
+const raw = {
+  readv: lib.func('intptr_t readv(int fd, void *iov, int iovcnt)') as KoffiFunc<(fd: number, iov: Uint8Array, count: number) => number>,
+  writev: lib.func('intptr_t writev(int fd, void *iov, int iovcnt)') as KoffiFunc<(fd: number, iov: Uint8Array, count: number) => number>,
+  read: lib.func('intptr_t read(int fd, void *buf, size_t count)') as KoffiFunc<(fd: number, buf: Uint8Array, count: number) => number>,
+  write: lib.func('intptr_t write(int fd, void *buf, size_t count)') as KoffiFunc<(fd: number, buf: Uint8Array, count: number) => number>,
+};
+
+/** sizeof(struct iovec). */
+export const IOVEC_SIZE = Iovec.size;
+const IOV_LEN_AT = koffi.offsetof(Iovec, 'iov_len');
+const IOV_BASE_AT = koffi.offsetof(Iovec, 'iov_base');
+
+/**
+ * A struct iovec array in memory of its own, built once and handed to readvInto/writevFrom on
+ * every call: only lengths change per call (setLength), never addresses.
+ */
+export class IovecArray {
+  readonly bytes: Uint8Array;
+  readonly #view: DataView;
+
+  constructor(readonly count: number) {
+    this.bytes = new Uint8Array(new ArrayBuffer(count * Iovec.size));
+    this.#view = new DataView(this.bytes.buffer);
+  }
+
+  /** Sets entry `index` to [address, address+length). */
+  set(index: number, address: bigint, length: number): void {
+    if (POINTER_BITS === 64) this.#view.setBigUint64(index * Iovec.size + IOV_BASE_AT, address, true);
+    else this.#view.setUint32(index * Iovec.size + IOV_BASE_AT, Number(address), true);
+    this.setLength(index, length);
+  }
+
+  setLength(index: number, length: number): void {
+    const at = index * Iovec.size + IOV_LEN_AT;
+    this.#view.setUint32(at, length, true);
+    if (POINTER_BITS === 64) this.#view.setUint32(at + 4, 0, true);
+  }
+}
+
+/** readv(2) of the first `count` entries of `iov`: bytes read, or -errno (EAGAIN, ENODEV, ...). */
+export function readvInto(fd: number, iov: IovecArray, count: number): number {
+  const n = raw.readv(fd, iov.bytes, count);
+  return n >= 0 ? n : -koffi.errno();
+}
+
+/** writev(2) of the first `count` entries of `iov`: bytes written, or -errno (ENOENT: the kernel dropped the request). */
+export function writevFrom(fd: number, iov: IovecArray, count: number): number {
+  const n = raw.writev(fd, iov.bytes, count);
+  return n >= 0 ? n : -koffi.errno();
+}
+
+const counterBytes = new Uint8Array(8);
+const oneBytes = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/** Resets an eventfd's counter (non-blocking fds: nothing to wait for); returns read(2)'s result. */
+export function drainEventFd(fd: number): number {
+  return raw.read(fd, counterBytes, 8);
+}
+
+/** Adds 1 to an eventfd's counter, waking whoever waits on it. */
+export function signalEventFd(fd: number): void {
+  if (raw.write(fd, oneBytes, 8) < 0) throw new ErrnoError('write', koffi.errno(), `eventfd ${fd}`);
 }
 
 // fcntl(2) commands and the non-blocking flag (generic Linux values, as O_NONBLOCK on x86/arm64/riscv).

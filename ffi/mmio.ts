@@ -14,6 +14,8 @@ export class Mmio {
     readonly size: number,
     /** For error messages: 'BAR4 of 0000:00:03.0'. */
     readonly name: string,
+    /** Where the registers are mapped in this process (other threads reach them there). */
+    readonly address?: bigint,
   ) {
     this.u8 = new Uint8Array(memory, 0, size);
     this.u16 = new Uint16Array(memory, 0, size >> 1);

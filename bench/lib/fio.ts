@@ -26,6 +26,11 @@ export interface FioResult {
   ios: number;
   bytes: number;
   runtimeMs: number;
+  /**
+   * Mean completion latency (fio clat, us): with a synchronous engine such as
+   * psync, one I/O's whole system call (fio shows no slat for those).
+   */
+  clatMeanUs: number;
 }
 
 export function fioArgs(job: FioJob): string[] {
@@ -57,6 +62,7 @@ interface FioDirection {
   total_ios: number;
   io_bytes: number;
   runtime: number;
+  clat_ns: { mean: number };
 }
 
 export async function runFio(cleanup: Cleanup, job: FioJob): Promise<FioResult> {
@@ -70,5 +76,5 @@ export async function runFio(cleanup: Cleanup, job: FioJob): Promise<FioResult> 
   if (result.error !== 0) throw new Error(`fio job failed with errno ${result.error}`);
   const d = job.rw.endsWith('read') ? result.read : result.write;
   if (d.total_ios === 0) throw new Error('fio completed no I/O');
-  return { bytesPerSecond: d.bw_bytes, iops: d.iops, ios: d.total_ios, bytes: d.io_bytes, runtimeMs: d.runtime };
+  return { bytesPerSecond: d.bw_bytes, iops: d.iops, ios: d.total_ios, bytes: d.io_bytes, runtimeMs: d.runtime, clatMeanUs: d.clat_ns.mean / 1000 };
 }

@@ -15,6 +15,7 @@ export const CLI = fileURLToPath(new URL('../../bin/virtiofs-client.js', import.
 
 export interface OurMount {
   mountpoint: string;
+  /** The process serving the mount (the detached `mount --foreground` one, relay or fuse-native); from its `(pid N)` line or `status`. */
   relayPid: number | undefined;
   /** The relay's log file (removed at clean-up). */
   log: string;

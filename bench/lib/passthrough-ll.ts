@@ -47,6 +47,14 @@ export async function libfuseVersion(cleanup: Cleanup): Promise<string> {
   return (await runOk(cleanup, 'pkg-config', ['--modversion', 'fuse3'])).stdout.trim();
 }
 
+/** A mounted passthrough_ll. */
+export interface PassthroughLl {
+  /** The daemon's process (it runs in the foreground: this one serves the mount). */
+  pid: number;
+  /** Unmounts and waits for the daemon to exit (also registered with `cleanup`). */
+  stop(): Promise<void>;
+}
+
 /**
  * Mounts `source` on `mountpoint` with passthrough_ll in the foreground (its
  * own process group, so Ctrl-C reaches only us and we take it down in order).
@@ -58,7 +66,7 @@ export async function mountPassthroughLl(
   source: string,
   mountpoint: string,
   options: string[],
-): Promise<() => Promise<void>> {
+): Promise<PassthroughLl> {
   const child = cleanup.spawnChecked(
     binary,
     ['-f', '-o', `source=${source}`, ...options.flatMap((o) => ['-o', o]), mountpoint],
@@ -96,5 +104,5 @@ export async function mountPassthroughLl(
     }
     await new Promise((r) => setTimeout(r, 20));
   }
-  return stop;
+  return { pid: child.pid!, stop };
 }

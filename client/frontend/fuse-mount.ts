@@ -4,6 +4,7 @@
  * before anything is mounted: the mountpoint exists, is a directory, is not
  * already mounted, and is not a stale mount left by a crashed run.
  */
+import { _IOR, ioctl } from '../../ffi/ioctl.ts';
 import { closeSync, constants, openSync, readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ErrnoError, isErrnoError } from '../../ffi/errno.ts';
@@ -144,8 +145,12 @@ export function checkMountpoint(path: string): void {
   if (!st.isDirectory()) throw new MountError(`mountpoint ${path} is not a directory`, 'ENOTDIR');
 }
 
+/** FUSE_DEV_IOC_CLONE (linux/fuse.h): a new /dev/fuse open joins the connection of the fd passed in. */
+export const FUSE_DEV_IOC_CLONE = _IOR(229, 0, 4);
+
 export class FuseMount {
   private mounted = true;
+  private readonly clones: number[] = [];
 
   private constructor(
     /** The /dev/fuse file descriptor (non-blocking) of this mount's connection. */
@@ -190,12 +195,47 @@ export class FuseMount {
     return new FuseMount(fd, target, false);
   }
 
+  /**
+   * Another /dev/fuse descriptor (non-blocking) of this mount's connection, as libfuse's
+   * clone_fd: each per-queue thread reads requests from its own and writes their replies to it
+   * (the kernel takes a reply only on the descriptor that read its request). Closed by close().
+   */
+  cloneFd(): number {
+    const fd = openFuseDevice();
+    try {
+      // uint32_t in the host's byte order.
+      ioctl(fd, FUSE_DEV_IOC_CLONE, new Uint8Array(Uint32Array.of(this.fd).buffer));
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+    this.clones.push(fd);
+    return fd;
+  }
+
+  /**
+   * Unmounts (lazily if busy), leaving the descriptors open: the threads reading them see ENODEV
+   * once the kernel lets the connection go (at once unless files are still open).
+   */
+  unmount(): void {
+    if (!this.mounted) return;
+    this.mounted = false;
+    if (this.unprivileged) fusermountUnmount(this.mountpoint);
+    else unmount(this.mountpoint);
+  }
+
   /** Unmounts (lazily if busy) and closes the connection; pending kernel requests then fail with ENOTCONN. */
   close(): void {
-    if (this.mounted) {
-      this.mounted = false;
-      if (this.unprivileged) fusermountUnmount(this.mountpoint);
-      else unmount(this.mountpoint);
+    try {
+      this.unmount();
+    } finally {
+      for (const fd of this.clones.splice(0)) {
+        try {
+          closeSync(fd);
+        } catch {
+          // already closed
+        }
+      }
     }
     try {
       closeSync(this.fd);

@@ -5,13 +5,19 @@
  * only the architecture-dependent fields are rewritten. Requests are read from
  * /dev/fuse straight into device-visible slots and replies written to
  * /dev/fuse straight from them.
+ *
+ * This thread mounts, relays FUSE_INIT, answers status and tears down. The requests themselves
+ * never pass through it: each virtqueue is lent to a thread of its own (queue-thread.ts), every
+ * request queue's thread with its own clone of the /dev/fuse descriptor, the hiprio queue's thread
+ * fed FORGETs by the others.
  */
-import { errnoNumber, ErrnoError, isErrnoError, errnoName } from '../../ffi/errno.ts';
+import { Worker } from 'node:worker_threads';
+import { errnoNumber, ErrnoError } from '../../ffi/errno.ts';
+import { EventFd } from '../../ffi/event-fd.ts';
 import { readv, writev } from '../../ffi/libc.ts';
 import { sharedPoller } from '../../ffi/poller.ts';
 import { FuseSession, type SessionOptions } from '../fuse/session.ts';
-import { EngineFailure, isRelayable } from '../fuse/engine.ts';
-import { DATA_AT, REPLY_AT, REQUEST_ROOM } from '../fuse/slot-layout.ts';
+import { DATA_AT } from '../fuse/slot-layout.ts';
 import {
   FUSE_KERNEL_VERSION,
   InitFlag,
@@ -22,25 +28,19 @@ import {
   fuse_in_header,
   fuse_init_out,
   fuse_out_header,
-  opcodeName,
 } from '../protocol/index.ts';
 import { openTransport } from '../transport/open.ts';
 import type { VirtioTransport } from '../transport/transport.ts';
-import { VirtioFsDevice, fill, type DeviceOptions, type Slot } from '../virtio/virtio-fs-device.ts';
+import { HIPRIO_QUEUE, VirtioFsDevice, type DeviceOptions, type QueueLoan, type Slot } from '../virtio/virtio-fs-device.ts';
+import { ForgetMailbox } from './forget-mailbox.ts';
 import { FuseMount } from './fuse-mount.ts';
 import { OpStats, type OpcodeSummary } from './op-stats.ts';
-import { describeRequest, describeReply } from './trace.ts';
+import { ABORT, CONTROL_IN_FLIGHT, CONTROL_STOP, CONTROL_WORDS, FINISH, HEAD, type QueueThreadMessage, type QueueThreadSetup } from './queue-thread.ts';
 
-/**
- * The first read segment: fuse_in_header + fuse_write_in. A WRITE's data then
- * lands page-aligned in the slot's data area, ready for the device's O_DIRECT.
- */
-const HEAD = fuse_in_header.size + 40;
-
-
-const NO_REPLY = new Set<number>([Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT]);
-const EIO = errnoNumber('EIO');
-const ENOSYS = errnoNumber('ENOSYS');
+/** Slots the hiprio thread gets for FORGETs; the request queues share the rest. */
+const HIPRIO_SLOTS = 2;
+/** How long a stopping thread waits for the device to return its requests. */
+const FINISH_TIMEOUT_MS = 5000;
 
 export interface RelayOptions extends DeviceOptions, Omit<SessionOptions, 'initFlags' | 'maxMinor' | 'maxReadahead'> {
   /** 'vhost-user:/path', or a transport already open. */
@@ -65,18 +65,27 @@ export interface RelayStatus {
   operations: OpcodeSummary[];
 }
 
+/** A queue lent to its thread. */
+interface QueueWorker {
+  readonly loan: QueueLoan;
+  readonly worker: Worker;
+  readonly wake: EventFd;
+  readonly control: Int32Array;
+  readonly stats: OpStats;
+  readonly role: 'request' | 'hiprio';
+  exited: boolean;
+  /** Requests the device still held when the thread exited. */
+  leftInFlight: number;
+}
+
 export class FuseRelay {
   /** Resolves with the reason once the mount is gone (unmounted, or the device died). */
   readonly closed: Promise<string>;
   private resolveClosed!: (reason: string) => void;
-  private readonly stats = new OpStats();
   private readonly startedAt = new Date();
-  private reading = false;
-  private stopped = false;
-  private readonly errorReply = new Uint8Array(fuse_out_header.size);
-  private readonly readable = [0, 0, 0, 0];
-  /** Per slot: where readv puts a request (head, then the page-aligned data area). */
-  private readonly slotReadBuffers: Uint8Array[][] = [];
+  private readonly workers: QueueWorker[] = [];
+  private mailboxFd: EventFd | undefined;
+  private stopping: string | undefined;
   private readonly log: (line: string) => void;
 
   private constructor(
@@ -108,6 +117,7 @@ export class FuseRelay {
       device = VirtioFsDevice.open(transport, { ...options, log });
       const slot = device.tryAcquireSlot()!;
       const kernelInit = await readKernelInit(mount.fd, slot, device.dataRoom);
+      device.releaseSlot(slot);
       const session = await FuseSession.open(device, {
         ...options,
         log,
@@ -116,9 +126,9 @@ export class FuseRelay {
         maxReadahead: kernelInit.maxReadahead,
       });
       const relay = new FuseRelay(mount, device, session, options);
+      // The threads first, then the kernel's INIT answer: its requests start right after it.
+      relay.startThreads();
       relay.answerKernelInit(kernelInit);
-      device.releaseSlot(slot);
-      relay.startReading();
       return relay;
     } catch (e) {
       mount.close();
@@ -141,8 +151,8 @@ export class FuseRelay {
       negotiation: this.session.describe(),
       archOutcome: this.session.init.arch.outcome,
       wireArch: this.session.wireArch.name,
-      inFlight: this.device.inFlight,
-      operations: this.stats.summary(),
+      inFlight: this.workers.reduce((n, w) => n + Atomics.load(w.control, CONTROL_IN_FLIGHT), 0),
+      operations: OpStats.summary(this.workers.map((w) => w.stats)),
     };
   }
 
@@ -176,152 +186,141 @@ export class FuseRelay {
     writev(this.mount.fd, [out]);
   }
 
-  // --- the relay loop ---------------------------------------------------------------
+  // --- the queue threads ------------------------------------------------------------
 
-  private startReading(): void {
-    if (this.reading || this.stopped) return;
-    this.reading = true;
-    sharedPoller().watch(this.mount.fd, 'readable', () => this.pump());
-  }
-
-  private stopReading(): void {
-    if (!this.reading) return;
-    this.reading = false;
-    sharedPoller().unwatch(this.mount.fd);
-  }
-
-  /** Reads every request the kernel has queued, one slot each, until EAGAIN or no slot is free. */
-  private pump(): void {
-    while (!this.stopped) {
-      const slot = this.device.tryAcquireSlot();
-      if (!slot) {
-        // Level-triggered poll: stop watching until a slot comes back.
-        this.stopReading();
-        this.device.onSlotReleased(() => this.startReading());
-        return;
-      }
-      let n: number;
-      try {
-        n = readv(this.mount.fd, this.readBuffers(slot));
-      } catch (e) {
-        this.device.releaseSlot(slot);
-        if (isErrnoError(e, 'ENODEV')) this.teardown('unmounted');
-        else if (!isErrnoError(e, 'EINTR', 'ENOENT')) this.teardown(`reading /dev/fuse: ${(e as Error).message}`);
-        return;
-      }
-      if (n < 0) {
-        this.device.releaseSlot(slot);
-        return;
-      }
-      void this.forward(slot, n);
+  /**
+   * Lends every queue to a thread of its own: request queue i reads the mount's descriptor
+   * (queue 1) or a clone of it, the hiprio queue the FORGET mailbox. The slots are shared out;
+   * one stays here for DESTROY at the end.
+   */
+  private startThreads(): void {
+    const requestQueues = this.device.requestQueueCount;
+    const free = this.device.freeSlots - 1;
+    const perQueue = Math.floor((free - HIPRIO_SLOTS) / requestQueues);
+    if (perQueue < 1) throw new ErrnoError('relay', errnoNumber('EINVAL'), `${free} slots cannot serve ${requestQueues} request queues`);
+    this.mailboxFd = new EventFd();
+    const mailbox = ForgetMailbox.create(HEAD + this.device.dataRoom);
+    const translation = this.session.translation;
+    for (let qi = HIPRIO_QUEUE; qi <= requestQueues; qi++) {
+      const role = qi === HIPRIO_QUEUE ? 'hiprio' : 'request';
+      const wake = new EventFd();
+      const control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
+      const stats = new OpStats();
+      const loan = this.device.lendQueue(qi, role === 'hiprio' ? HIPRIO_SLOTS : perQueue, wake.fd);
+      const setup: QueueThreadSetup = {
+        role,
+        loan,
+        fuseFd: role === 'hiprio' ? -1 : qi === 1 ? this.mount.fd : this.mount.cloneFd(),
+        wakeFd: wake.fd,
+        control: control.buffer as SharedArrayBuffer,
+        mailbox,
+        mailboxFd: this.mailboxFd.fd,
+        stats: stats.buffer,
+        clientArch: translation.client.name,
+        wireArch: translation.wire.name,
+        busyPoll: this.options.busyPoll ?? false,
+        trace: this.options.trace !== undefined,
+        finishTimeoutMs: FINISH_TIMEOUT_MS,
+      };
+      const worker = startQueueThread(setup, loan.name);
+      const entry: QueueWorker = { loan, worker, wake, control, stats, role, exited: false, leftInFlight: 0 };
+      this.workers.push(entry);
+      worker.on('message', (m: QueueThreadMessage) => this.onThreadMessage(entry, m));
+      worker.on('error', (e) => {
+        this.log(`${loan.name} thread failed: ${e.stack ?? e.message}`);
+        this.onThreadExit(entry, `${loan.name} thread failed: ${e.message}`, -1);
+      });
+      worker.on('exit', () => this.onThreadExit(entry, 'exited', entry.leftInFlight));
     }
   }
 
-  private readBuffers(slot: Slot): Uint8Array[] {
-    return (this.slotReadBuffers[slot.index] ??= [
-      slot.bytes.subarray(0, HEAD),
-      slot.bytes.subarray(DATA_AT, DATA_AT + this.device.dataRoom),
-    ]);
-  }
-
-  private async forward(slot: Slot, n: number): Promise<void> {
-    const view = slot.view;
-    const opcode = view.getUint32(4, true);
-    const unique = view.getBigUint64(8, true);
-    const started = performance.now();
-    const engine = this.session.engine;
-    let failed = true;
-    try {
-      if (n < fuse_in_header.size || view.getUint32(0, true) !== n) {
-        this.log(`kernel request of ${n} bytes with len ${view.getUint32(0, true)}: dropped`);
-        return;
-      }
-      if (!isRelayable(opcode)) {
-        this.options.trace?.(`-> ${opcodeName(opcode)} unique ${unique}: not relayed, ENOSYS`);
-        this.replyError(unique, ENOSYS);
-        return;
-      }
-      this.options.trace?.(describeRequest(view, n, engine.translation));
-      if (opcode === Opcode.INTERRUPT) {
-        // Kept here, as Linux's virtio_fs driver keeps them: the request finishes normally.
-        // QEMU 7.2's virtiofsd answers an INTERRUPT that comes after its request with
-        // EAGAIN on a queue element that has no reply room, and crashes (SIGSEGV).
-        this.options.trace?.(`   INTERRUPT unique ${unique}: not relayed (virtio-fs devices get no interrupts)`);
-        failed = false;
-        return;
-      }
-      const space = engine.replySpace(opcode, view, fuse_in_header.size);
-      // A reply with data needs the data area: move a request's spill-over (names) up behind its head.
-      // Scratch segment lists: submit copies them before it returns, so one pair serves every request.
-      let readable: number[];
-      if (n <= HEAD) readable = fill(this.readable, 0, n, 0, 0);
-      else if (space.room.data === 0) readable = fill(this.readable, 0, HEAD, DATA_AT, n - HEAD);
-      else if (n <= REQUEST_ROOM) {
-        slot.bytes.copyWithin(HEAD, DATA_AT, DATA_AT + n - HEAD);
-        readable = fill(this.readable, 0, n, 0, 0);
-      } else {
-        throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${n} bytes leaves no room for its reply's data`);
-      }
-      engine.translateRequest(opcode, view, unique);
-      if (NO_REPLY.has(opcode)) {
-        await engine.sendHiprio(slot, opcode, readable);
-        failed = false;
-        return;
-      }
-      const judged = await engine.send(slot, opcode, unique, readable, space);
-      const head = slot.bytes.subarray(REPLY_AT, REPLY_AT + fuse_out_header.size);
-      if (judged.errno !== 0) {
-        this.options.trace?.(`<- ${opcodeName(opcode)} unique ${unique}: ${errnoName(judged.errno)}`);
-        this.write([head]);
-        return;
-      }
-      this.options.trace?.(describeReply(opcode, unique, judged.bodyLen));
-      this.write(judged.bodyLen > 0 ? [head, slot.bytes.subarray(judged.bodyAt, judged.bodyAt + judged.bodyLen)] : [head]);
-      failed = false;
-    } catch (e) {
-      if (e instanceof EngineFailure) {
-        if (!e.logged) this.log(e.message);
-        if (!NO_REPLY.has(opcode)) this.replyError(unique, errnoNumber(e.errnoName));
-      } else {
-        this.log(`${opcodeName(opcode)} unique ${unique}: ${(e as Error).message}`);
-        if (!NO_REPLY.has(opcode)) this.replyError(unique, EIO);
-      }
-    } finally {
-      this.stats.record(opcode, performance.now() - started, failed);
-      this.device.releaseSlot(slot);
+  private onThreadMessage(entry: QueueWorker, m: QueueThreadMessage): void {
+    if (m.kind === 'log') this.log(m.line);
+    else if (m.kind === 'trace') this.options.trace?.(m.line);
+    else {
+      entry.leftInFlight = m.inFlight;
+      this.onThreadExit(entry, m.reason, m.inFlight);
     }
   }
 
-  private replyError(unique: bigint, errno: number): void {
-    fuse_out_header.encode(new DataView(this.errorReply.buffer), 0, { len: fuse_out_header.size, error: -errno, unique });
-    this.write([this.errorReply]);
+  private onThreadExit(entry: QueueWorker, reason: string, inFlight: number): void {
+    if (entry.exited) return;
+    entry.exited = true;
+    entry.leftInFlight = inFlight;
+    // One request thread seeing the unmount (or failing) ends the mount for all.
+    if (entry.role === 'request') this.teardown(reason === 'unmounted' || reason === 'exited' ? 'unmounted' : reason);
+    const requestThreadsLeft = this.workers.some((w) => w.role === 'request' && !w.exited);
+    const hiprio = this.workers.find((w) => w.role === 'hiprio');
+    // The hiprio thread finishes last: request threads may still hand it FORGETs.
+    if (!requestThreadsLeft && hiprio && !hiprio.exited) this.signal(hiprio, this.deviceFailed() ? ABORT : FINISH);
+    if (this.workers.every((w) => w.exited)) this.finishTeardown();
   }
 
-  private write(parts: Uint8Array[]): void {
-    try {
-      writev(this.mount.fd, parts);
-    } catch (e) {
-      // ENOENT: the kernel gave up on the request (interrupted or aborted) meanwhile.
-      if (!isErrnoError(e, 'ENOENT', 'ENODEV')) this.log(`writing to /dev/fuse: ${(e as Error).message}`);
-    }
+  private signal(w: QueueWorker, stop: number): void {
+    if (w.exited) return;
+    Atomics.store(w.control, CONTROL_STOP, Math.max(Atomics.load(w.control, CONTROL_STOP), stop));
+    w.wake.signal();
+  }
+
+  private deviceFailed(): boolean {
+    return this.device.failed !== undefined;
   }
 
   private teardown(reason: string): void {
-    if (this.stopped) return;
-    this.stopped = true;
-    this.stopReading();
+    if (this.stopping !== undefined) return;
+    this.stopping = reason;
     if (reason !== 'unmounted') this.log(`${reason}: unmounting ${this.mount.mountpoint}`);
-    // Next turn of the loop, so requests the device failed just now get their EIO replies first.
-    // Then unmount (lazily if files are open) and close /dev/fuse: the kernel fails whatever is left.
-    setImmediate(() => {
-      try {
-        this.mount.close();
-      } catch (e) {
-        this.log(`unmount ${this.mount.mountpoint}: ${(e as Error).message}`);
-      }
-      void this.session.close().finally(() => this.resolveClosed(reason));
-    });
+    // Unmount first (lazily if files are open) with the descriptors still open: the request
+    // threads answer what they hold, see ENODEV and stop; then the descriptors close.
+    try {
+      this.mount.unmount();
+    } catch (e) {
+      this.log(`unmount ${this.mount.mountpoint}: ${(e as Error).message}`);
+    }
+    const stop = this.deviceFailed() ? ABORT : FINISH;
+    for (const w of this.workers) if (w.role === 'request') this.signal(w, stop);
+    if (this.workers.length === 0 || this.workers.every((w) => w.exited)) this.finishTeardown();
   }
+
+  private finishing = false;
+
+  /** Every thread has stopped: take the queues back, close the descriptors, end the device session. */
+  private finishTeardown(): void {
+    if (this.finishing) return;
+    this.finishing = true;
+    let quiet = !this.deviceFailed();
+    for (const w of this.workers) {
+      w.wake.close();
+      if (!quiet) continue;
+      try {
+        this.device.reclaimQueue(w.loan);
+      } catch (e) {
+        this.log(`${w.loan.name}: ${(e as Error).message}; not sending DESTROY`);
+        quiet = false;
+      }
+    }
+    this.mailboxFd?.close();
+    try {
+      this.mount.close();
+    } catch (e) {
+      this.log(`unmount ${this.mount.mountpoint}: ${(e as Error).message}`);
+    }
+    const reason = this.stopping ?? 'unmounted';
+    const done = quiet ? this.session.close() : Promise.resolve(this.device.close());
+    void done.finally(() => this.resolveClosed(reason));
+  }
+}
+
+/** The per-queue threads' entry point: the compiled .js in a package, the .ts file under tsx. */
+const QUEUE_THREAD_ENTRY = new URL(`./queue-thread-main${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
+
+function startQueueThread(setup: QueueThreadSetup, name: string): Worker {
+  if (!QUEUE_THREAD_ENTRY.pathname.endsWith('.ts')) return new Worker(QUEUE_THREAD_ENTRY, { workerData: setup, name });
+  // Running from TypeScript (the repository's own bin/, tests): Node 20 applies no loader to a
+  // worker's entry file, so the thread registers tsx itself and then imports the entry.
+  const api = import.meta.resolve('tsx/esm/api');
+  const code = `import(${JSON.stringify(api)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(QUEUE_THREAD_ENTRY.href)}); });`;
+  return new Worker(code, { eval: true, workerData: setup, name });
 }
 
 interface KernelInit {

@@ -106,7 +106,7 @@ export class FuseSession {
     private readonly options: Required<Pick<SessionOptions, 'timeoutMs' | 'uid' | 'gid' | 'pid'>>,
     private readonly log: (line: string) => void,
   ) {
-    this.engine = new RequestEngine(device, translation, log);
+    this.engine = new RequestEngine({ dataRoom: device.dataRoom, translation, log, device });
     const pageBytes = init.maxPages * 4096;
     this.maxWrite = Math.min(init.maxWrite, pageBytes, device.dataRoom);
     this.maxRead = Math.min(pageBytes, device.dataRoom);
@@ -189,7 +189,7 @@ export class FuseSession {
       const head = new DataView(slot.bytes.buffer, slot.bytes.byteOffset + REQUEST_AT, REQUEST_ROOM);
       const { written } = encodeRequest(head, 0, opcode, this.header(unique, nodeid), { ...body, data: undefined, dataLength: data?.length });
       if (data) slot.bytes.set(data, DATA_AT);
-      this.engine.translateRequest(op, slot.view, unique);
+      this.engine.translateRequest(op, slot.view);
       // Scratch segment list: submit copies it before it returns, so one serves every request.
       const readable = fill(this.readable, REQUEST_AT, written, DATA_AT, data?.length ?? 0);
       if (options.hiprio) {

@@ -116,28 +116,44 @@ export interface ReplyRoom {
  * the kernel does: QEMU 7.2's virtiofsd, for one, fills a READ's whole
  * writable buffer from the file, past the size asked for.
  */
-export function replyRoom(opcode: number, requestedSize = 0): ReplyRoom {
+export function replyRoom(opcode: number, requestedSize = 0, into: ReplyRoom = { fixed: 0, data: 0 }): ReplyRoom {
   const shape = messageShape(opcode);
   if (!shape) throw new RangeError(`opcode ${opcode} is not one this client sends`);
   const reply = shape.reply;
+  let fixed = 0;
+  let data = 0;
   switch (reply.kind) {
     case 'none':
     case 'empty':
-      return { fixed: 0, data: 0 };
+      break;
     case 'struct':
-      return { fixed: reply.struct.size, data: 0 };
+      fixed = reply.struct.size;
+      break;
     case 'entry+open':
-      return { fixed: abi.fuse_entry_out.size + abi.fuse_open_out.size, data: 0 };
+      fixed = ENTRY_OPEN_SIZE;
+      break;
     case 'init':
-      return { fixed: abi.fuse_init_out.size, data: 0 };
+      fixed = abi.fuse_init_out.size;
+      break;
     case 'xattr':
-      return requestedSize === 0 ? { fixed: abi.fuse_getxattr_out.size, data: 0 } : { fixed: 0, data: requestedSize };
+      if (requestedSize === 0) fixed = abi.fuse_getxattr_out.size;
+      else data = requestedSize;
+      break;
     case 'bytes':
     case 'dirents':
     case 'direntplus':
-      return { fixed: 0, data: requestedSize };
+      data = requestedSize;
+      break;
   }
+  // Written into the caller's object: the request path reuses one per slot.
+  into.fixed = fixed;
+  into.data = data;
+  return into;
 }
+
+const ENTRY_OPEN_SIZE = abi.fuse_entry_out.size + abi.fuse_open_out.size;
+const READ_SIZE_AT = abi.fuse_read_in.offsetOf('size');
+const GETXATTR_SIZE_AT = abi.fuse_getxattr_in.offsetOf('size');
 
 /**
  * The size a request asks its reply's data to fit in (READ, READDIR*,
@@ -149,10 +165,10 @@ export function requestedReplySize(opcode: number, view: DataView, argAt: number
     case Opcode.READ:
     case Opcode.READDIR:
     case Opcode.READDIRPLUS:
-      return abi.fuse_read_in.get(view, argAt, 'size');
+      return view.getUint32(argAt + READ_SIZE_AT, true);
     case Opcode.GETXATTR:
     case Opcode.LISTXATTR:
-      return abi.fuse_getxattr_in.get(view, argAt, 'size');
+      return view.getUint32(argAt + GETXATTR_SIZE_AT, true);
     default:
       return undefined;
   }

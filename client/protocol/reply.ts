@@ -25,10 +25,24 @@ export interface ReplyHeader {
  * says it wrote (the used ring's len), capped by the buffer we gave it.
  */
 export function readReplyHeader(opcode: number, view: DataView, at: number, available: number): ReplyHeader {
+  const len = checkReplyHeader(opcode, view, at, available);
+  return { len, errno: -view.getInt32(at + OUT_ERROR, true), unique: view.getBigUint64(at + OUT_UNIQUE, true) };
+}
+
+const OUT_LEN = abi.fuse_out_header.offsetOf('len');
+const OUT_ERROR = abi.fuse_out_header.offsetOf('error');
+const OUT_UNIQUE = abi.fuse_out_header.offsetOf('unique');
+
+/**
+ * Checks fuse_out_header's len and error (not unique: the caller knows what it sent) and
+ * returns len; reads at precomputed offsets and builds nothing, for the request path.
+ */
+export function checkReplyHeader(opcode: number, view: DataView, at: number, available: number): number {
   if (available < abi.fuse_out_header.size) {
     throw new ProtocolError(opcode, 'fuse_out_header', `reply is ${available} bytes, the header alone is 16`);
   }
-  const { len, error, unique } = abi.fuse_out_header.decode(view, at);
+  const len = view.getUint32(at + OUT_LEN, true);
+  const error = view.getInt32(at + OUT_ERROR, true);
   if (len < abi.fuse_out_header.size || len > available) {
     throw new ProtocolError(opcode, 'fuse_out_header.len', `len ${len} but ${available} bytes arrived`);
   }
@@ -38,7 +52,7 @@ export function readReplyHeader(opcode: number, view: DataView, at: number, avai
   if (error !== 0 && len !== abi.fuse_out_header.size) {
     throw new ProtocolError(opcode, 'fuse_out_header.len', `error reply carries ${len - 16} body bytes`);
   }
-  return { len, errno: -error, unique };
+  return len;
 }
 
 /** Checks a fixed-size body's length; names the field where a short body ends. */

@@ -14,6 +14,17 @@ export interface QueueAddresses {
   used: bigint;
 }
 
+/** What a thread needs to drive a queue itself (structured-clone safe). */
+export interface QueueSignals {
+  /** Doorbell: write 1 to this eventfd (vhost-user) ... */
+  kickFd?: number;
+  /** ... or store `notifyValue` as a 16-bit word at this address of this process (a PCI notify register). */
+  notifyAddress?: bigint;
+  notifyValue?: number;
+  /** Eventfd the device signals when it used buffers of this queue; absent: no per-queue signal. */
+  callFd?: number;
+}
+
 /** The virtio-fs device configuration (virtio spec 5.11.4), when the transport can read it. */
 export interface VirtioFsConfig {
   tag: string;
@@ -48,6 +59,15 @@ export interface VirtioTransport {
   setupQueue(index: number, addresses: QueueAddresses, onUsed: () => void): void;
   /** Rings the doorbell of queue `index`. */
   notify(index: number): void;
+  /**
+   * Hands queue `index`'s doorbell and completion signal to another thread of this process (a
+   * per-queue thread, which then kicks and waits itself). When the transport has a completion
+   * eventfd of the queue's own, it stops watching it until reclaimQueue and returns it as
+   * `callFd`; otherwise (a shared interrupt, polling) onUsed keeps running here.
+   */
+  lendQueue(index: number): QueueSignals;
+  /** The thread gave queue `index` back: onUsed runs here again on completions. */
+  reclaimQueue(index: number): void;
   /** After every queue is set up: the device may now process them. */
   start(): void;
   /** Called once if the device goes away or reports an error; the transport is dead after it. */

@@ -6,8 +6,9 @@
  * write data), device-writable bytes after them (out header, reply body).
  * This layer moves slots through queues; it knows nothing of FUSE semantics.
  */
-import type { DmaRegion } from '../../ffi/dma.ts';
-import type { VirtioTransport } from '../transport/transport.ts';
+import { describeRegion, type DmaRegion, type SharedRegionInfo } from '../../ffi/dma.ts';
+import { signalEventFd } from '../../ffi/libc.ts';
+import type { QueueSignals, VirtioTransport } from '../transport/transport.ts';
 import { TransportError } from '../transport/transport.ts';
 import { BufferPool } from './buffer-pool.ts';
 import {
@@ -45,6 +46,27 @@ export interface DeviceOptions {
   log?: (line: string) => void;
 }
 
+/**
+ * A queue lent to another thread of this process, with everything that thread needs to run it
+ * (structured-clone safe): where its rings are, its doorbell and completion signal, and the slots
+ * it owns meanwhile.
+ */
+export interface QueueLoan {
+  queueIndex: number;
+  name: string;
+  region: SharedRegionInfo;
+  ringOffset: number;
+  queueSize: number;
+  features: bigint;
+  maxIndirectSegments: number;
+  signals: QueueSignals;
+  /** Region offsets of the slots lent with the queue, slotSize bytes each. */
+  slotOffsets: number[];
+  slotIndices: number[];
+  slotSize: number;
+  dataRoom: number;
+}
+
 /** One request's buffer: a pool slot. */
 export interface Slot {
   readonly index: number;
@@ -72,6 +94,10 @@ export class VirtioFsDevice {
   private readonly releaseListeners: (() => void)[] = [];
   private readonly failureListeners: ((error: Error) => void)[] = [];
   private nextQueue = 0;
+  /** Per queue: the eventfd that wakes the thread a queue is lent to (undefined: not lent). */
+  private readonly lentTo: (number | undefined)[] = [];
+  private readonly queueOffsets: number[] = [];
+  private readonly maxIndirectSegments = 4;
   private failure: Error | undefined;
   private polling = false;
   // Region-relative segment lists, reused by every submit.
@@ -100,6 +126,7 @@ export class VirtioFsDevice {
     for (let i = 0; i <= requestQueues; i++) {
       const name = i === HIPRIO_QUEUE ? 'hiprio' : `request${i - 1}`;
       this.queues.push(new Virtqueue<number>({ name, region: memory, offset, size: queueSize, ...queueOptions }));
+      this.queueOffsets.push(offset);
       offset += align(queueBytes, PAGE);
     }
     // Slots start on a chunk boundary and tile it, so none straddles one.
@@ -153,6 +180,11 @@ export class VirtioFsDevice {
     return this.failure;
   }
 
+  /** Slots neither in flight nor lent. */
+  get freeSlots(): number {
+    return this.pool.available;
+  }
+
   get inFlight(): number {
     return this.pending.reduce((n, p) => n + (p ? 1 : 0), 0);
   }
@@ -195,7 +227,10 @@ export class VirtioFsDevice {
    */
   submit(slot: Slot, hiprio: boolean, readable: readonly number[], writable: readonly number[]): Promise<number> {
     if (this.failure) return Promise.reject(this.failure);
-    const qi = hiprio ? HIPRIO_QUEUE : 1 + (this.nextQueue++ % this.requestQueueCount);
+    const qi = hiprio ? HIPRIO_QUEUE : this.nextRequestQueue();
+    if (qi < 0 || this.lentTo[qi] !== undefined) {
+      return Promise.reject(new TransportError(`${hiprio ? 'hiprio' : 'every request queue'} is lent to a per-queue thread`, 'EBUSY'));
+    }
     const queue = this.queues[qi]!;
     const base = this.pool.slotOffset(slot.index);
     toRegion(readable, base, this.readable);
@@ -212,6 +247,58 @@ export class VirtioFsDevice {
     if (queue.kickNeeded()) this.transport.notify(qi);
     if (this.busyPoll) this.startPolling();
     return promise;
+  }
+
+  /**
+   * Lends queue `queueIndex` and `slotCount` free slots to another thread of this process, which
+   * runs them itself from the returned loan until reclaimQueue. This object no longer touches that
+   * queue; completions the transport still reports here (a shared interrupt) wake `wakeFd`.
+   * The queue must have nothing in flight.
+   */
+  lendQueue(queueIndex: number, slotCount: number, wakeFd: number): QueueLoan {
+    const queue = this.queues[queueIndex];
+    if (!queue) throw new TransportError(`queue ${queueIndex} does not exist`, 'EINVAL');
+    if (this.lentTo[queueIndex] !== undefined) throw new TransportError(`${queue.name} is lent already`, 'EBUSY');
+    if (queue.inFlightCount > 0) throw new TransportError(`${queue.name} has requests in flight`, 'EBUSY');
+    const slotIndices: number[] = [];
+    for (let i = 0; i < slotCount; i++) {
+      const index = this.pool.acquire();
+      if (index < 0) {
+        for (const j of slotIndices) this.pool.release(j);
+        throw new TransportError(`${slotCount} free slots wanted for ${queue.name}, ${i} available`, 'EBUSY');
+      }
+      slotIndices.push(index);
+    }
+    const signals = this.transport.lendQueue(queueIndex);
+    this.lentTo[queueIndex] = wakeFd;
+    return {
+      queueIndex,
+      name: queue.name,
+      region: describeRegion(this.memory),
+      ringOffset: this.queueOffsets[queueIndex]!,
+      queueSize: queue.size,
+      features: this.features,
+      maxIndirectSegments: this.maxIndirectSegments,
+      signals,
+      slotOffsets: slotIndices.map((i) => this.pool.slotOffset(i)),
+      slotIndices,
+      slotSize: this.pool.slotSize,
+      dataRoom: this.dataRoom,
+    };
+  }
+
+  /**
+   * The thread has stopped with nothing in flight on the queue: take it and its slots back,
+   * continuing from the rings' indexes. Throws when the device still holds requests of it.
+   */
+  reclaimQueue(loan: QueueLoan): void {
+    const queue = this.queues[loan.queueIndex]!;
+    if (this.lentTo[loan.queueIndex] === undefined) return;
+    // Adopt first: the transport may report a completion at once, and this object must know the rings by then.
+    if (!this.failure) queue.adoptRings();
+    this.lentTo[loan.queueIndex] = undefined;
+    for (const i of loan.slotIndices) this.pool.release(i);
+    this.transport.reclaimQueue(loan.queueIndex);
   }
 
   /**
@@ -235,7 +322,7 @@ export class VirtioFsDevice {
   fail(error: Error): void {
     if (this.failure) return;
     this.failure = error;
-    for (const q of this.queues) q.failAll(error.message, (index) => this.settle(index, error));
+    for (const [i, q] of this.queues.entries()) if (this.lentTo[i] === undefined) q.failAll(error.message, (index) => this.settle(index, error));
     for (const w of this.slotWaiters.splice(0)) w(error);
     for (const listener of this.failureListeners.splice(0)) listener(error);
   }
@@ -245,7 +332,22 @@ export class VirtioFsDevice {
     this.transport.close();
   }
 
+  /** Round robin over the request queues not lent; -1 when every one is. */
+  private nextRequestQueue(): number {
+    for (let tries = 0; tries < this.requestQueueCount; tries++) {
+      const qi = 1 + (this.nextQueue++ % this.requestQueueCount);
+      if (this.lentTo[qi] === undefined) return qi;
+    }
+    return -1;
+  }
+
   private drain(qi: number): void {
+    const wake = this.lentTo[qi];
+    if (wake !== undefined) {
+      // The queue's thread drains it; tell it the transport saw a completion.
+      signalEventFd(wake);
+      return;
+    }
     const q = this.queues[qi]!;
     do {
       q.drainUsed(this.onUsed, this.onProblem);
@@ -278,7 +380,7 @@ export class VirtioFsDevice {
     if (this.polling) return;
     this.polling = true;
     const poll = () => {
-      for (let i = 0; i < this.queues.length; i++) if (this.queues[i]!.hasUsed()) this.drain(i);
+      for (let i = 0; i < this.queues.length; i++) if (this.lentTo[i] === undefined && this.queues[i]!.hasUsed()) this.drain(i);
       if (!this.failure && this.inFlight > 0) setImmediate(poll);
       else this.polling = false;
     };

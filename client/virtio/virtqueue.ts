@@ -103,6 +103,12 @@ export interface VirtqueueParams extends VirtqueueOptions {
   readonly offset: number;
   /** Queue size the transport negotiated: a power of two <= 32768. */
   readonly size: number;
+  /**
+   * The rings are live: another Virtqueue object of this process (on another thread) ran them
+   * and has nothing in flight. Keep their contents and continue from their indexes instead of
+   * zeroing them. See adoptRings().
+   */
+  readonly adopt?: boolean;
 }
 
 export type VirtqueueErrorCode =
@@ -277,7 +283,8 @@ export class Virtqueue<T> {
     this.chainWritableBytes = new Float64Array(size);
     this.headState = new Uint8Array(size);
     this.tokens = new Array<T | undefined>(size).fill(undefined);
-    this.initialize();
+    if (params.adopt) this.adoptRings();
+    else this.initialize();
   }
 
   /** Descriptors not currently part of an in-flight chain. */
@@ -481,6 +488,34 @@ export class Virtqueue<T> {
       throw new VirtqueueError('REQUESTS_IN_FLIGHT', this.name, `${this.inFlight} requests in flight; failAll() first`);
     }
     this.initialize();
+  }
+
+  /**
+   * Continues from the rings as they are: the queue was run by another Virtqueue object (a
+   * per-queue thread's) that has stopped with nothing in flight. Every descriptor becomes free,
+   * avail and used indexes are read from the rings. Refuses (REQUESTS_IN_FLIGHT) when the
+   * rings show requests the device has not returned: their descriptors belong to the device.
+   */
+  adoptRings(): void {
+    if (this.inFlight > 0) {
+      throw new VirtqueueError('REQUESTS_IN_FLIGHT', this.name, `${this.inFlight} requests in flight; failAll() first`);
+    }
+    const availIdx = Atomics.load(this.avail, IDX_WORD);
+    const usedIdx = Atomics.load(this.used16, IDX_WORD);
+    if (availIdx !== usedIdx) {
+      throw new VirtqueueError('REQUESTS_IN_FLIGHT', this.name, `avail idx ${availIdx}, used idx ${usedIdx}: the device holds requests`);
+    }
+    for (let i = 0; i < this.size; i++) this.nextDescriptor[i] = i + 1;
+    this.headState.fill(NOT_A_HEAD);
+    this.tokens.fill(undefined);
+    this.freeHead = 0;
+    this.freeCount = this.size;
+    this.inFlight = 0;
+    this.availIdx = availIdx;
+    this.availIdxAtLastKickCheck = availIdx;
+    this.lastUsedIdx = usedIdx;
+    this.callbacksEnabled = true;
+    this.broken = undefined;
   }
 
   private initialize(): void {

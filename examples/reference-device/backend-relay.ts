@@ -145,7 +145,7 @@ export class BackendRelay {
         throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes is shorter than its ${shape.arg!.name}`);
       }
       this.options.trace?.(describeRequest(slot.view, Math.min(len, REQUEST_ROOM), translation));
-      engine.translateRequest(opcode, slot.view, unique);
+      engine.translateRequest(opcode, slot.view);
       const judged = await engine.send(slot, opcode, unique, readable, space).catch((error: Error) => {
         throw error instanceof EngineFailure ? error : new EngineFailure('EIO', `backend: ${error.message}`);
       });

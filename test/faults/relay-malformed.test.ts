@@ -54,8 +54,8 @@ async function stillWorks(t: ExecutionContext, mnt: string, fake: FakeVirtioFs, 
   t.deepEqual((await app('ls', mnt)).stdout.toString().split('\n').filter(Boolean), ['hello.txt', 'sub']);
   t.is(relay.session.device.failed, undefined, 'one bad reply does not fail the device');
   // RELEASE follows a close asynchronously: give the last one its round trip.
-  await until(() => relay.session.device.inFlight === 0, 2000, 'every slot back').catch(() => undefined);
-  t.is(relay.session.device.inFlight, 0, 'every slot came back');
+  await until(() => relay.status().inFlight === 0, 2000, 'every slot back').catch(() => undefined);
+  t.is(relay.status().inFlight, 0, 'every request came back from the device');
   t.deepEqual(fake.violations, []);
 }
 

@@ -13,6 +13,8 @@ export interface FakeDmaOptions {
   /** pageOrder[i] = device page slot of region page i (default identity). */
   readonly pageOrder?: readonly number[];
   readonly shared?: boolean;
+  /** Real mapped memory to use (its address becomes userAddress): threads of the process can then reach it. */
+  readonly mapped?: { buffer: ArrayBuffer; userAddress: bigint };
 }
 
 export class FakeDma implements DmaRegion {
@@ -22,6 +24,7 @@ export class FakeDma implements DmaRegion {
   readonly base: bigint;
   readonly pageSize: number;
   private readonly pageOrder: readonly number[];
+  readonly userAddress: bigint | undefined;
 
   constructor(size: number, options: FakeDmaOptions = {}) {
     this.size = size;
@@ -30,7 +33,8 @@ export class FakeDma implements DmaRegion {
     const pages = Math.ceil(size / this.pageSize);
     this.pageOrder = options.pageOrder ?? Array.from({ length: pages }, (_, i) => i);
     if (this.pageOrder.length !== pages) throw new Error(`pageOrder needs ${pages} entries`);
-    const buffer = options.shared ? new SharedArrayBuffer(size) : new ArrayBuffer(size);
+    this.userAddress = options.mapped?.userAddress;
+    const buffer = options.mapped?.buffer ?? (options.shared ? new SharedArrayBuffer(size) : new ArrayBuffer(size));
     this.bytes = new Uint8Array(buffer);
     this.view = new DataView(buffer);
   }

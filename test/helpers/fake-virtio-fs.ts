@@ -15,7 +15,10 @@
  */
 import { VirtioFsClient, type ConnectOptions } from '../../client/client.ts';
 import { FailureLatch } from '../../client/transport/failure-latch.ts';
-import { TransportError, type QueueAddresses, type VirtioFsConfig, type VirtioTransport } from '../../client/transport/transport.ts';
+import { TransportError, type QueueAddresses, type QueueSignals, type VirtioFsConfig, type VirtioTransport } from '../../client/transport/transport.ts';
+import { EventFd } from '../../ffi/event-fd.ts';
+import { sharedPoller } from '../../ffi/poller.ts';
+import { SharedMemory } from '../../ffi/shared-memory.ts';
 import {
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_EVENT_IDX,
@@ -131,7 +134,7 @@ interface Held {
 
 interface QueueState {
   readonly ring: FakeSplitRingDevice;
-  readonly onUsed: () => void;
+  onUsed: () => void;
   /** Chains popped so far (free-running, for avail_event). */
   popped: number;
   scheduled: boolean;
@@ -164,6 +167,8 @@ export class FakeVirtioFs implements VirtioTransport {
   private readonly counts = new Map<number, number>();
   private readonly timers = new Set<NodeJS.Timeout | NodeJS.Immediate>();
   private readonly heldRequests: Held[] = [];
+  private readonly lent = new Map<number, { kick: EventFd; call: EventFd; onUsed: () => void }>();
+  private mapping: SharedMemory | undefined;
   /**
    * A real transport's connection keeps the event loop alive (the poller
    * watches its socket) while the device sits on a request; the session's
@@ -204,8 +209,11 @@ export class FakeVirtioFs implements VirtioTransport {
 
   allocateMemory(bytes: number): FakeDma {
     if (this.memory) throw new TransportError(`${this.description}: memory already allocated`, 'EINVAL');
-    // Large fake pages keep FakeDma's address lookups short; the region is contiguous anyway.
-    this.memory = new FakeDma(bytes, { pageSize: 1 << 20 });
+    // Real shared memory, device addresses = our addresses (as vhost-user): per-queue threads can
+    // reach it. Large fake pages keep FakeDma's address lookups short; the region is contiguous anyway.
+    this.mapping = new SharedMemory(bytes, 'fake-virtio-fs');
+    const mapped = { buffer: this.mapping.bytes.buffer as ArrayBuffer, userAddress: this.mapping.userAddress };
+    this.memory = new FakeDma(bytes, { pageSize: 1 << 20, base: this.mapping.userAddress, mapped });
     return this.memory;
   }
 
@@ -249,6 +257,32 @@ export class FakeVirtioFs implements VirtioTransport {
     this.notifiedBeforeStart.clear();
   }
 
+  /** Like vhost-user: a kick eventfd this device watches, a call eventfd it signals. */
+  lendQueue(index: number): QueueSignals {
+    const q = this.queues.get(index);
+    if (!q) throw new TransportError(`${this.description}: queue ${index} is not set up`, 'EINVAL');
+    const kick = new EventFd();
+    const call = new EventFd();
+    this.lent.set(index, { kick, call, onUsed: q.onUsed });
+    q.onUsed = () => call.signal();
+    sharedPoller().watch(kick.fd, 'readable', () => {
+      kick.drain();
+      this.notify(index);
+    });
+    return { kickFd: kick.fd, callFd: call.fd };
+  }
+
+  reclaimQueue(index: number): void {
+    const lent = this.lent.get(index);
+    const q = this.queues.get(index);
+    if (!lent || !q) return;
+    this.lent.delete(index);
+    sharedPoller().unwatch(lent.kick.fd);
+    lent.kick.close();
+    lent.call.close();
+    q.onUsed = lent.onUsed;
+  }
+
   onFailure(callback: (error: Error) => void): void {
     this.latch.onFailure(callback);
   }
@@ -258,6 +292,8 @@ export class FakeVirtioFs implements VirtioTransport {
     this.closed = true;
     this.cancelTimers();
     this.heldRequests.length = 0;
+    for (const index of [...this.lent.keys()]) this.reclaimQueue(index);
+    this.mapping?.close();
   }
 
   // --- test controls -------------------------------------------------------------

@@ -66,7 +66,7 @@ export class UioFunction implements PciFunction {
     try {
       const address = mmap(size, PROT_READ_WRITE, MAP_SHARED, fd);
       this.mapped.push({ address, size });
-      return new Mmio(viewMemory(address, size), size, `BAR${index} of ${this.address}`);
+      return new Mmio(viewMemory(address, size), size, `BAR${index} of ${this.address}`, address);
     } finally {
       closeSync(fd);
     }

@@ -112,7 +112,7 @@ export class VfioFunction implements PciFunction {
     if (!(r.flags & v.VFIO_REGION_INFO_FLAG_MMAP)) throw new TransportError(`${this.address}: BAR${index} cannot be mmapped`, 'EINVAL');
     const address = mmap(r.size, PROT_READ_WRITE, MAP_SHARED, this.device, r.offset);
     this.mapped.push({ address, size: r.size });
-    return new Mmio(viewMemory(address, r.size), r.size, `BAR${index} of ${this.address}`);
+    return new Mmio(viewMemory(address, r.size), r.size, `BAR${index} of ${this.address}`, address);
   }
 
   /**

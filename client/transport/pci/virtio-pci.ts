@@ -7,7 +7,7 @@ import type { DmaRegion } from '../../../ffi/dma.ts';
 import type { Mmio } from '../../../ffi/mmio.ts';
 import { array, struct, type Struct } from '../../../ffi/struct.ts';
 import { FailureLatch } from '../failure-latch.ts';
-import { TransportError, type QueueAddresses, type VirtioFsConfig, type VirtioTransport } from '../transport.ts';
+import { TransportError, type QueueAddresses, type QueueSignals, type VirtioFsConfig, type VirtioTransport } from '../transport.ts';
 import { PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type InterruptMode, type PciFunction } from './pci-function.ts';
 import { findVirtioCaps, type VirtioCaps } from './virtio-caps.ts';
 
@@ -168,6 +168,20 @@ export class VirtioPciTransport implements VirtioTransport {
   notify(index: number): void {
     this.bar(this.caps.notify.bar).write16(this.caps.notify.offset + this.notifyOffsets.get(index)!, index);
   }
+
+  /**
+   * The notify register's address for the borrowing thread. Completions keep arriving here (MSI-X
+   * eventfds and INTx are watched on this thread) and run onUsed, which wakes the borrower.
+   */
+  lendQueue(index: number): QueueSignals {
+    const bar = this.bar(this.caps.notify.bar);
+    const offset = this.notifyOffsets.get(index);
+    if (offset === undefined) throw new TransportError(`${this.description}: queue ${index} is not set up`, 'EINVAL');
+    if (bar.address === undefined) throw new TransportError(`${this.description}: BAR${this.caps.notify.bar} has no address in this process`, 'EINVAL');
+    return { notifyAddress: bar.address + BigInt(this.caps.notify.offset + offset), notifyValue: index };
+  }
+
+  reclaimQueue(_index: number): void {}
 
   onFailure(callback: (error: Error) => void): void {
     this.latch.onFailure(callback);

@@ -13,7 +13,7 @@ import { SharedMemory } from '../../../ffi/shared-memory.ts';
 import { UnixSocket } from '../../../ffi/unix-socket.ts';
 import type { Struct } from '../../../ffi/struct.ts';
 import { FailureLatch } from '../failure-latch.ts';
-import { TransportError, type QueueAddresses, type VirtioFsConfig, type VirtioTransport } from '../transport.ts';
+import { TransportError, type QueueAddresses, type QueueSignals, type VirtioFsConfig, type VirtioTransport } from '../transport.ts';
 import {
   HeaderFlag,
   MAX_PAYLOAD,
@@ -40,6 +40,9 @@ interface QueueFds {
   kick: EventFd;
   call: EventFd;
   err: EventFd;
+  onUsed?: () => void;
+  /** A per-queue thread kicks and waits on these now. */
+  lent?: boolean;
 }
 
 export interface VhostUserOptions {
@@ -139,10 +142,8 @@ export class VhostUserTransport implements VirtioTransport {
     this.sendU64('SET_VRING_CALL', BigInt(index), [fds.call.fd]);
     this.sendU64('SET_VRING_ERR', BigInt(index), [fds.err.fd]);
     const poller = sharedPoller();
-    poller.watch(fds.call.fd, 'readable', () => {
-      fds.call.drain();
-      if (!this.latch.failure) onUsed();
-    });
+    fds.onUsed = onUsed;
+    this.watchCall(fds);
     poller.watch(fds.err.fd, 'readable', () => {
       fds.err.drain();
       this.fail(new TransportError(`${this.description}: backend signalled an error on queue ${index}`, 'EIO'));
@@ -169,6 +170,31 @@ export class VhostUserTransport implements VirtioTransport {
 
   notify(index: number): void {
     this.queues.get(index)?.kick.signal(1);
+  }
+
+  lendQueue(index: number): QueueSignals {
+    const fds = this.queues.get(index);
+    if (!fds) throw new TransportError(`${this.description}: queue ${index} is not set up`, 'EINVAL');
+    if (fds.lent) throw new TransportError(`${this.description}: queue ${index} is lent already`, 'EBUSY');
+    fds.lent = true;
+    sharedPoller().unwatch(fds.call.fd);
+    return { kickFd: fds.kick.fd, callFd: fds.call.fd };
+  }
+
+  reclaimQueue(index: number): void {
+    const fds = this.queues.get(index);
+    if (!fds?.lent || this.closed) return;
+    fds.lent = false;
+    this.watchCall(fds);
+    // A completion the borrower did not see is not lost: look once.
+    if (!this.latch.failure) fds.onUsed?.();
+  }
+
+  private watchCall(fds: QueueFds): void {
+    sharedPoller().watch(fds.call.fd, 'readable', () => {
+      fds.call.drain();
+      if (!this.latch.failure) fds.onUsed?.();
+    });
   }
 
   onFailure(callback: (error: Error) => void): void {

@@ -1,0 +1,511 @@
+/**
+ * One virtqueue, one thread, as the kernel's virtio_fs and virtiofsd run theirs: the thread makes
+ * blocking system calls and nothing else stands between the local kernel and the device.
+ *
+ * A request thread owns one request queue, a share of the slots and its own /dev/fuse descriptor
+ * (a FUSE_DEV_IOC_CLONE of the mount's). It sleeps in epoll_wait on that descriptor, the queue's
+ * completion eventfd and a wake eventfd; reads requests straight into device-visible slots; has the
+ * request engine check and translate them; puts them on its queue and kicks; drains the used ring,
+ * has the engine judge each reply, and writes it to /dev/fuse from the slot. FORGETs go to the
+ * hiprio thread through the ForgetMailbox.
+ *
+ * The hiprio thread owns queue 0: it takes FORGET/BATCH_FORGET records from the mailbox and puts
+ * them on its queue; nothing comes back but the descriptors.
+ *
+ * Per request nothing is allocated: slots, iovec arrays, segment lists and reply spaces are built
+ * once; uniques are compared as two u32 halves; replies are judged at precomputed offsets. Strings
+ * and objects appear only on the failure paths and with --trace.
+ */
+import { performance } from 'node:perf_hooks';
+import { resolveArch } from '../arch/index.ts';
+import { RegionMirror } from '../../ffi/dma.ts';
+import { errnoNumber } from '../../ffi/errno.ts';
+import {
+  EPOLLEXCLUSIVE,
+  EPOLLIN,
+  EPOLL_CLOEXEC,
+  EPOLL_CTL_ADD,
+  EPOLL_CTL_DEL,
+  EpollEventBuffer,
+  IovecArray,
+  close,
+  drainEventFd,
+  epollCreate1,
+  epollCtl,
+  epollWait,
+  readvInto,
+  signalEventFd,
+  viewMemory,
+  writevFrom,
+} from '../../ffi/libc.ts';
+import { EngineFailure, READLINK_MAX, ReplySpace, RequestEngine, isRelayable } from '../fuse/engine.ts';
+import { DATA_AT, REPLY_AT, REQUEST_ROOM } from '../fuse/slot-layout.ts';
+import { WireTranslation } from '../fuse/wire-translation.ts';
+import { Opcode, fuse_in_header, fuse_out_header, opcodeName } from '../protocol/index.ts';
+import type { QueueLoan } from '../virtio/virtio-fs-device.ts';
+import { Virtqueue, type UsedRingProblem } from '../virtio/virtqueue.ts';
+import { ForgetMailbox } from './forget-mailbox.ts';
+import { OpStats } from './op-stats.ts';
+import { describeReply, describeRequest } from './trace.ts';
+
+/** The first read segment: fuse_in_header + fuse_write_in; a WRITE's data then lands page-aligned at DATA_AT. */
+export const HEAD = fuse_in_header.size + 40;
+
+/** Words of QueueThreadSetup.control. */
+export const CONTROL_STOP = 0;
+export const CONTROL_IN_FLIGHT = 1;
+/** CONTROL_STOP values: run; finish (serve what is in flight, then exit); abort (the device is gone). */
+export const RUN = 0;
+export const FINISH = 1;
+export const ABORT = 2;
+export const CONTROL_WORDS = 2;
+
+export interface QueueThreadSetup {
+  role: 'request' | 'hiprio';
+  loan: QueueLoan;
+  /** role 'request': this thread's /dev/fuse descriptor (non-blocking). */
+  fuseFd: number;
+  /** Wakes the thread: control changes, completions seen by the main thread (a shared interrupt). */
+  wakeFd: number;
+  /** Int32 words: CONTROL_STOP (set by the main thread), CONTROL_IN_FLIGHT (set by this one). */
+  control: SharedArrayBuffer;
+  mailbox: SharedArrayBuffer;
+  /** The mailbox's doorbell eventfd (the hiprio thread waits on it). */
+  mailboxFd: number;
+  stats: SharedArrayBuffer;
+  clientArch: string;
+  wireArch: string;
+  /** Poll the used ring instead of sleeping until the device signals (one core busy per queue). */
+  busyPoll: boolean;
+  trace: boolean;
+  /** How long a finishing thread waits for the device to return what is in flight. */
+  finishTimeoutMs: number;
+}
+
+/** What a queue thread tells the main thread. */
+export type QueueThreadMessage =
+  | { kind: 'log'; line: string }
+  | { kind: 'trace'; line: string }
+  | { kind: 'exit'; reason: string; inFlight: number };
+
+const TOKEN_SOURCE = 1;
+const TOKEN_CALL = 2;
+const TOKEN_WAKE = 3;
+const UNIQUE_AT = fuse_in_header.offsetOf('unique');
+const LEN_AT = fuse_in_header.offsetOf('len');
+const OPCODE_AT = fuse_in_header.offsetOf('opcode');
+const OUT_LEN_AT = REPLY_AT + fuse_out_header.offsetOf('len');
+const OUT_ERROR_AT = REPLY_AT + fuse_out_header.offsetOf('error');
+const OUT_UNIQUE_AT = REPLY_AT + fuse_out_header.offsetOf('unique');
+const BODY_AT = REPLY_AT + fuse_out_header.size;
+
+const EAGAIN = errnoNumber('EAGAIN');
+const EINTR = errnoNumber('EINTR');
+const ENODEV = errnoNumber('ENODEV');
+const ENOENT = errnoNumber('ENOENT');
+const EIO = errnoNumber('EIO');
+const ENOSYS = errnoNumber('ENOSYS');
+const NO_SEGMENTS: readonly number[] = [];
+
+export class QueueThread {
+  private readonly setup: QueueThreadSetup;
+  private readonly post: (message: QueueThreadMessage) => void;
+  private readonly queue: Virtqueue<number>;
+  private readonly engine: RequestEngine;
+  private readonly stats: OpStats;
+  private readonly control: Int32Array;
+  private readonly mailbox: ForgetMailbox;
+  private readonly epfd: number;
+  private readonly events = new EpollEventBuffer(8);
+  private readonly notifyWord: Uint16Array | undefined;
+
+  // Per slot, built once.
+  private readonly slotBytes: Uint8Array[] = [];
+  private readonly slotData: Uint8Array[] = [];
+  private readonly slotViews: DataView[] = [];
+  private readonly slotBase: number[] = [];
+  private readonly readIov: IovecArray[] = [];
+  private readonly replyIov: IovecArray[] = [];
+  private readonly spaces: ReplySpace[] = [];
+  private readonly opcodes: Int32Array;
+  private readonly uniqueLow: Uint32Array;
+  private readonly uniqueHigh: Uint32Array;
+  private readonly started: Float64Array;
+  private readonly free: Int32Array;
+  private freeCount: number;
+  private inFlight = 0;
+
+  // Scratch segment lists (Virtqueue.add copies them into descriptors before it returns).
+  private readonly readable = [0, 0, 0, 0];
+  private readonly regionReadable: number[] = [0, 0, 0, 0];
+  private readonly regionWritable: number[] = [0, 0, 0, 0];
+
+  private sourceWatched = false;
+  private sourceReady = false;
+  /** The source is gone (/dev/fuse answered ENODEV: unmounted). */
+  private sourceClosed = false;
+  private exitReason: string | undefined;
+
+  constructor(setup: QueueThreadSetup, post: (message: QueueThreadMessage) => void) {
+    this.setup = setup;
+    this.post = post;
+    const loan = setup.loan;
+    const region = new RegionMirror(loan.region);
+    this.queue = new Virtqueue<number>({
+      name: loan.name,
+      region,
+      offset: loan.ringOffset,
+      size: loan.queueSize,
+      features: loan.features,
+      maxIndirectSegments: loan.maxIndirectSegments,
+      adopt: true,
+    });
+    const log = (line: string) => this.post({ kind: 'log', line });
+    const translation = new WireTranslation(resolveArch(setup.clientArch), resolveArch(setup.wireArch), log);
+    this.engine = new RequestEngine({ dataRoom: loan.dataRoom, translation, log });
+    this.stats = new OpStats(setup.stats);
+    this.control = new Int32Array(setup.control);
+    this.mailbox = new ForgetMailbox(setup.mailbox, setup.mailboxFd);
+    if (loan.signals.notifyAddress !== undefined) this.notifyWord = new Uint16Array(viewMemory(loan.signals.notifyAddress, 2));
+
+    const count = loan.slotOffsets.length;
+    this.opcodes = new Int32Array(count);
+    this.uniqueLow = new Uint32Array(count);
+    this.uniqueHigh = new Uint32Array(count);
+    this.started = new Float64Array(count);
+    this.free = new Int32Array(count);
+    for (let s = 0; s < count; s++) {
+      const offset = loan.slotOffsets[s]!;
+      const bytes = region.bytes.subarray(offset, offset + loan.slotSize);
+      this.slotBytes.push(bytes);
+      this.slotData.push(bytes.subarray(DATA_AT));
+      this.slotViews.push(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+      this.slotBase.push(offset);
+      const address = loan.region.userAddress + BigInt(offset);
+      const read = new IovecArray(2);
+      read.set(0, address, HEAD);
+      read.set(1, address + BigInt(DATA_AT), loan.dataRoom);
+      this.readIov.push(read);
+      const reply = new IovecArray(2);
+      reply.set(0, address + BigInt(REPLY_AT), fuse_out_header.size);
+      reply.set(1, address + BigInt(DATA_AT), 0);
+      this.replyIov.push(reply);
+      this.spaces.push(new ReplySpace());
+      this.free[s] = count - 1 - s;
+    }
+    this.freeCount = count;
+
+    this.epfd = epollCreate1(EPOLL_CLOEXEC);
+    if (loan.signals.callFd !== undefined) epollCtl(this.epfd, EPOLL_CTL_ADD, loan.signals.callFd, EPOLLIN, TOKEN_CALL);
+    epollCtl(this.epfd, EPOLL_CTL_ADD, setup.wakeFd, EPOLLIN, TOKEN_WAKE);
+    this.watchSource(true);
+  }
+
+  /** Serves until unmounted, told to stop, or the device fails; returns why. */
+  run(): string {
+    const timeout = this.setup.busyPoll ? 0 : -1;
+    let finishDeadline = 0;
+    try {
+      while (this.exitReason === undefined) {
+        const n = epollWait(this.epfd, this.events, finishDeadline > 0 ? 50 : timeout);
+        for (let i = 0; i < n; i++) {
+          const token = this.events.tokenAt(i);
+          if (token === TOKEN_SOURCE) this.sourceReady = true;
+          else if (token === TOKEN_CALL) drainEventFd(this.setup.loan.signals.callFd!);
+          else drainEventFd(this.setup.wakeFd);
+        }
+        const stop = Atomics.load(this.control, CONTROL_STOP);
+        if (stop === ABORT) {
+          this.abort();
+          return 'device failed';
+        }
+        this.complete();
+        if (this.sourceReady) this.pump();
+        if (stop === FINISH && !this.sourceClosed) this.closeSource();
+        if (this.sourceClosed) {
+          if (this.inFlight === 0) return this.setup.role === 'request' ? 'unmounted' : 'finished';
+          if (finishDeadline === 0) finishDeadline = Date.now() + this.setup.finishTimeoutMs;
+          else if (Date.now() > finishDeadline) {
+            this.post({ kind: 'log', line: `${this.queue.name}: ${this.inFlight} requests still with the device after ${this.setup.finishTimeoutMs} ms; leaving them` });
+            return 'unmounted';
+          }
+        }
+      }
+      return this.exitReason;
+    } finally {
+      Atomics.store(this.control, CONTROL_IN_FLIGHT, this.inFlight);
+      close(this.epfd);
+    }
+  }
+
+  get requestsInFlight(): number {
+    return this.inFlight;
+  }
+
+  // --- reading requests -----------------------------------------------------------------
+
+  private sourceFd(): number {
+    return this.setup.role === 'request' ? this.setup.fuseFd : this.setup.mailboxFd;
+  }
+
+  private watchSource(on: boolean): void {
+    if (on === this.sourceWatched || this.sourceClosed) return;
+    this.sourceWatched = on;
+    if (on) {
+      // EXCLUSIVE: every request thread's descriptor sleeps on the one FUSE input queue; wake one.
+      const events = this.setup.role === 'request' ? EPOLLIN | EPOLLEXCLUSIVE : EPOLLIN;
+      epollCtl(this.epfd, EPOLL_CTL_ADD, this.sourceFd(), events, TOKEN_SOURCE);
+      this.sourceReady = true;
+    } else {
+      epollCtl(this.epfd, EPOLL_CTL_DEL, this.sourceFd(), 0, 0);
+    }
+  }
+
+  private closeSource(): void {
+    this.watchSource(false);
+    this.sourceClosed = true;
+    this.sourceReady = false;
+  }
+
+  /** Takes requests while the source has them and a slot is free. */
+  private pump(): void {
+    if (this.setup.role === 'hiprio') drainEventFd(this.setup.mailboxFd);
+    while (this.freeCount > 0 && !this.sourceClosed) {
+      const s = this.free[--this.freeCount]!;
+      const n = this.setup.role === 'request' ? readvInto(this.setup.fuseFd, this.readIov[s]!, 2) : this.takeForget(s);
+      if (n < 0) {
+        this.free[this.freeCount++] = s;
+        if (n === -EAGAIN) {
+          this.sourceReady = false;
+          break;
+        }
+        if (n === -EINTR || n === -ENOENT) continue;
+        if (n !== -ENODEV) this.post({ kind: 'log', line: `reading /dev/fuse: errno ${-n}` });
+        this.closeSource();
+        break;
+      }
+      if (this.setup.role === 'request') this.handleRequest(s, n);
+      else this.submitForget(s, n);
+    }
+    // Level-triggered: with no slot free, stop watching until one comes back.
+    if (this.freeCount === 0) this.watchSource(false);
+    if (this.queue.kickNeeded()) this.kick();
+  }
+
+  private handleRequest(s: number, n: number): void {
+    const view = this.slotViews[s]!;
+    const bytes = this.slotBytes[s]!;
+    if (n < fuse_in_header.size || view.getUint32(LEN_AT, true) !== n) {
+      this.post({ kind: 'log', line: `kernel request of ${n} bytes with len ${n >= 4 ? view.getUint32(LEN_AT, true) : '?'}: dropped` });
+      return this.release(s);
+    }
+    const opcode = view.getUint32(OPCODE_AT, true);
+    this.opcodes[s] = opcode;
+    this.started[s] = performance.now();
+    if (!isRelayable(opcode)) {
+      if (this.setup.trace) this.trace(`-> ${opcodeName(opcode)} unique ${view.getBigUint64(UNIQUE_AT, true)}: not relayed, ENOSYS`);
+      this.replyError(s, ENOSYS);
+      return this.finish(s, true);
+    }
+    if (this.setup.trace) this.trace(describeRequest(view, n, this.engine.translation));
+    if (opcode === Opcode.INTERRUPT) {
+      // Kept here, as Linux's virtio_fs driver keeps them: the request finishes normally.
+      // QEMU 7.2's virtiofsd answers an INTERRUPT that comes after its request with
+      // EAGAIN on a queue element that has no reply room, and crashes (SIGSEGV).
+      return this.finish(s, false);
+    }
+    if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET) {
+      const ok = this.mailbox.put(bytes, Math.min(n, HEAD), this.slotData[s]!, n > HEAD ? n - HEAD : 0);
+      if (!ok) this.post({ kind: 'log', line: `${opcodeName(opcode)}: the hiprio queue took nothing for 2 s; dropped` });
+      return this.finish(s, !ok);
+    }
+    try {
+      const space = this.engine.replySpace(opcode, view, fuse_in_header.size, READLINK_MAX, this.spaces[s]);
+      // A reply with data needs the data area: move a request's spill-over (names) up behind its head.
+      const r = this.readable;
+      if (n <= HEAD) setSegments(r, 0, n, 0, 0);
+      else if (space.room.data === 0) setSegments(r, 0, HEAD, DATA_AT, n - HEAD);
+      else if (n <= REQUEST_ROOM) {
+        bytes.copyWithin(HEAD, DATA_AT, DATA_AT + n - HEAD);
+        setSegments(r, 0, n, 0, 0);
+      } else {
+        throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${n} bytes leaves no room for its reply's data`);
+      }
+      this.engine.translateRequest(opcode, view);
+      this.uniqueLow[s] = view.getUint32(UNIQUE_AT, true);
+      this.uniqueHigh[s] = view.getUint32(UNIQUE_AT + 4, true);
+      const base = this.slotBase[s]!;
+      toRegion(r, base, this.regionReadable);
+      toRegion(this.engine.writableSegments(space), base, this.regionWritable);
+      if (!this.queue.add(this.regionReadable, this.regionWritable, s)) {
+        throw new EngineFailure('EIO', `${this.queue.name} has no free descriptors`);
+      }
+      this.inFlight++;
+    } catch (e) {
+      this.failRequest(s, opcode, e);
+    }
+  }
+
+  /** The next FORGET record into slot `s`: its length, or -EAGAIN when the mailbox is empty. */
+  private takeForget(s: number): number {
+    const n = this.mailbox.take(this.slotBytes[s]!);
+    return n < 0 ? -EAGAIN : n;
+  }
+
+  private submitForget(s: number, n: number): void {
+    this.opcodes[s] = this.slotViews[s]!.getUint32(OPCODE_AT, true);
+    this.started[s] = performance.now();
+    const base = this.slotBase[s]!;
+    setSegments(this.regionReadable, base, n, 0, 0);
+    this.regionReadable.length = 2;
+    try {
+      if (!this.queue.add(this.regionReadable, NO_SEGMENTS, s)) throw new Error(`${this.queue.name} has no free descriptors`);
+      this.inFlight++;
+    } catch (e) {
+      this.post({ kind: 'log', line: `${opcodeName(this.opcodes[s]!)}: not sent: ${(e as Error).message}` });
+      this.finish(s, true);
+    }
+  }
+
+  private kick(): void {
+    const signals = this.setup.loan.signals;
+    if (signals.kickFd !== undefined) signalEventFd(signals.kickFd);
+    else Atomics.store(this.notifyWord!, 0, signals.notifyValue!);
+  }
+
+  // --- completions ----------------------------------------------------------------------
+
+  private complete(): void {
+    const q = this.queue;
+    do {
+      q.drainUsed(this.onUsed, this.onProblem);
+      if (q.brokenReason) {
+        this.post({ kind: 'log', line: `${q.name}: ${q.brokenReason}` });
+        this.abort();
+        this.exitReason = `device failed: ${q.name}: ${q.brokenReason}`;
+        return;
+      }
+    } while (!this.setup.busyPoll && !q.enableCallbacks());
+    Atomics.store(this.control, CONTROL_IN_FLIGHT, this.inFlight);
+  }
+
+  private readonly onUsed = (s: number, usedLen: number): void => {
+    this.inFlight--;
+    if (this.setup.role === 'hiprio') return this.finish(s, false);
+    const opcode = this.opcodes[s]!;
+    const view = this.slotViews[s]!;
+    let errno: number;
+    try {
+      errno = this.engine.judge(view, opcode, this.uniqueLow[s]!, this.uniqueHigh[s]!, usedLen, this.spaces[s]!);
+    } catch (e) {
+      this.failRequest(s, opcode, e);
+      return;
+    }
+    const iov = this.replyIov[s]!;
+    let count = 1;
+    if (errno !== 0) {
+      if (this.setup.trace) this.trace(`<- ${opcodeName(opcode)} unique ${view.getBigUint64(OUT_UNIQUE_AT, true)}: errno ${errno}`);
+      iov.setLength(0, fuse_out_header.size);
+    } else {
+      const bodyAt = this.engine.bodyAt;
+      const bodyLen = this.engine.bodyLen;
+      if (this.setup.trace) this.trace(describeReply(opcode, view.getBigUint64(OUT_UNIQUE_AT, true), bodyLen));
+      if (bodyAt === BODY_AT || bodyLen === 0) iov.setLength(0, fuse_out_header.size + bodyLen);
+      else {
+        iov.setLength(0, fuse_out_header.size);
+        iov.setLength(1, bodyLen);
+        count = 2;
+      }
+    }
+    this.write(s, count);
+    this.finish(s, errno !== 0);
+  };
+
+  private readonly onProblem = (problem: UsedRingProblem<number>): void => {
+    this.post({ kind: 'log', line: `${problem.queue}: used ring entry ${problem.usedIndex}: ${problem.field}=${problem.value}: ${problem.reason}` });
+    const s = problem.token;
+    if (s === undefined) return;
+    this.inFlight--;
+    if (this.setup.role === 'hiprio') return this.finish(s, true);
+    const opcode = this.opcodes[s]!;
+    const unique = (BigInt(this.uniqueHigh[s]!) << 32n) | BigInt(this.uniqueLow[s]!);
+    this.failRequest(s, opcode, this.engine.usedLenFailure(opcode, unique, problem.reason));
+  };
+
+  // --- replies ----------------------------------------------------------------------------
+
+  /** Answers the slot's request with an error (the client's errno) and frees the slot. */
+  private failRequest(s: number, opcode: number, e: unknown): void {
+    let errno = EIO;
+    if (e instanceof EngineFailure) {
+      if (!e.logged) this.post({ kind: 'log', line: e.message });
+      errno = errnoNumber(e.errnoName);
+    } else {
+      this.post({ kind: 'log', line: `${opcodeName(opcode)} unique ${this.slotViews[s]!.getBigUint64(UNIQUE_AT, true)}: ${(e as Error).message}` });
+    }
+    if (this.setup.trace) this.trace(`<- ${opcodeName(opcode)}: failed here with errno ${errno}`);
+    this.replyError(s, errno);
+    this.finish(s, true);
+  }
+
+  /** An error reply built in the slot's reply header, unique copied from its request. */
+  private replyError(s: number, errno: number): void {
+    const view = this.slotViews[s]!;
+    view.setUint32(OUT_LEN_AT, fuse_out_header.size, true);
+    view.setInt32(OUT_ERROR_AT, -errno, true);
+    view.setUint32(OUT_UNIQUE_AT, view.getUint32(UNIQUE_AT, true), true);
+    view.setUint32(OUT_UNIQUE_AT + 4, view.getUint32(UNIQUE_AT + 4, true), true);
+    this.replyIov[s]!.setLength(0, fuse_out_header.size);
+    this.write(s, 1);
+  }
+
+  private write(s: number, count: number): void {
+    const r = writevFrom(this.setup.fuseFd, this.replyIov[s]!, count);
+    // ENOENT: the kernel gave up on the request (interrupted or aborted) meanwhile; ENODEV: unmounted.
+    if (r < 0 && r !== -ENOENT && r !== -ENODEV) this.post({ kind: 'log', line: `writing to /dev/fuse: errno ${-r}` });
+  }
+
+  private finish(s: number, failed: boolean): void {
+    this.stats.record(this.opcodes[s]!, performance.now() - this.started[s]!, failed);
+    this.release(s);
+  }
+
+  private release(s: number): void {
+    this.free[this.freeCount++] = s;
+    if (!this.sourceWatched && !this.sourceClosed) this.watchSource(true);
+  }
+
+  /** The device is gone: every request in flight fails with EIO now, so no application waits on it. */
+  private abort(): void {
+    this.queue.failAll('device failed', (s) => {
+      this.inFlight--;
+      if (this.setup.role === 'request') this.replyError(s, EIO);
+      this.finish(s, true);
+    });
+    this.closeSource();
+  }
+
+  private trace(line: string): void {
+    this.post({ kind: 'trace', line });
+  }
+}
+
+function setSegments(into: number[], at0: number, len0: number, at1: number, len1: number): void {
+  into[0] = at0;
+  into[1] = len0;
+  into[2] = at1;
+  into[3] = len1;
+}
+
+/** Slot-relative (offset, length) pairs to region offsets in `out`, dropping empty ones. */
+function toRegion(segments: readonly number[], base: number, out: number[]): void {
+  let k = 0;
+  for (let i = 0; i < 4; i += 2) {
+    const length = segments[i + 1]!;
+    if (length > 0) {
+      out[k++] = base + segments[i]!;
+      out[k++] = length;
+    }
+  }
+  out.length = k;
+}
