@@ -50,6 +50,8 @@ export const EPOLLOUT = 0x004;
 export const EPOLLERR = 0x008;
 export const EPOLLHUP = 0x010;
 export const EPOLLRDHUP = 0x2000;
+/** Edge-triggered: report each new signal once (an eventfd then needs no read to re-arm). */
+export const EPOLLET = 0x8000_0000;
 /** Wake one of the epoll sets waiting on a shared wait queue, not all (the /dev/fuse clones). */
 export const EPOLLEXCLUSIVE = 1 << 28;
 
@@ -323,7 +325,7 @@ export function epollCreate1(flags: number): number {
 
 /** epoll_ctl(2); `token` is stored in epoll_data.u64 and returned with each event. */
 export function epollCtl(epfd: number, operation: number, fd: number, events: number, token: number): void {
-  check('epoll_ctl', c.epoll_ctl(epfd, operation, fd, { events, data: token }));
+  check('epoll_ctl', c.epoll_ctl(epfd, operation, fd, { events: events >>> 0, data: token }));
 }
 
 export interface EpollReadyEvent {

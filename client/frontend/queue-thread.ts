@@ -21,6 +21,7 @@ import { resolveArch } from '../arch/index.ts';
 import { RegionMirror } from '../../ffi/dma.ts';
 import { errnoNumber } from '../../ffi/errno.ts';
 import {
+  EPOLLET,
   EPOLLEXCLUSIVE,
   EPOLLIN,
   EPOLL_CLOEXEC,
@@ -196,8 +197,10 @@ export class QueueThread {
     this.freeCount = count;
 
     this.epfd = epollCreate1(EPOLL_CLOEXEC);
-    if (loan.signals.callFd !== undefined) epollCtl(this.epfd, EPOLL_CTL_ADD, loan.signals.callFd, EPOLLIN, TOKEN_CALL);
-    epollCtl(this.epfd, EPOLL_CTL_ADD, setup.wakeFd, EPOLLIN, TOKEN_WAKE);
+    // Edge-triggered eventfds: every signal (each write) is reported once, so they are never read;
+    // the counters grow by one per signal and cannot reach their 2^64-2 limit.
+    if (loan.signals.callFd !== undefined) epollCtl(this.epfd, EPOLL_CTL_ADD, loan.signals.callFd, EPOLLIN | EPOLLET, TOKEN_CALL);
+    epollCtl(this.epfd, EPOLL_CTL_ADD, setup.wakeFd, EPOLLIN | EPOLLET, TOKEN_WAKE);
     this.watchSource(true);
   }
 
@@ -208,12 +211,7 @@ export class QueueThread {
     try {
       while (this.exitReason === undefined) {
         const n = epollWait(this.epfd, this.events, finishDeadline > 0 ? 50 : timeout);
-        for (let i = 0; i < n; i++) {
-          const token = this.events.tokenAt(i);
-          if (token === TOKEN_SOURCE) this.sourceReady = true;
-          else if (token === TOKEN_CALL) drainEventFd(this.setup.loan.signals.callFd!);
-          else drainEventFd(this.setup.wakeFd);
-        }
+        for (let i = 0; i < n; i++) if (this.events.tokenAt(i) === TOKEN_SOURCE) this.sourceReady = true;
         const stop = Atomics.load(this.control, CONTROL_STOP);
         if (stop === ABORT) {
           this.abort();
@@ -284,8 +282,14 @@ export class QueueThread {
         this.closeSource();
         break;
       }
-      if (this.setup.role === 'request') this.handleRequest(s, n);
-      else this.submitForget(s, n);
+      if (this.setup.role === 'request') {
+        this.handleRequest(s, n);
+        // One read per readiness: the descriptor is level-triggered, so epoll_wait reports it again
+        // at once if more is queued, and an idle queue costs no readv that answers EAGAIN.
+        this.sourceReady = false;
+        break;
+      }
+      this.submitForget(s, n);
     }
     // Level-triggered: with no slot free, stop watching until one comes back.
     if (this.freeCount === 0) this.watchSource(false);
