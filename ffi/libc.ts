@@ -45,6 +45,9 @@ export const POLLOUT = 0x004;
 export const EPOLL_CLOEXEC = 0o2000000;
 export const EPOLL_CTL_ADD = 1;
 export const EPOLL_CTL_DEL = 2;
+export const EPOLL_CTL_MOD = 3;
+/** Report once, then rest until re-armed with EPOLL_CTL_MOD. */
+export const EPOLLONESHOT = 1 << 30;
 export const EPOLLIN = 0x001;
 export const EPOLLOUT = 0x004;
 export const EPOLLERR = 0x008;

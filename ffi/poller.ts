@@ -1,33 +1,39 @@
 /**
  * Readiness callbacks for raw fds (eventfds, sockets) that libuv does not own.
  *
- * One epoll set, waited on by a single koffi async call: whatever the number
- * of watched fds, the poller occupies one libuv threadpool thread (out of
- * UV_THREADPOOL_SIZE, 4 by default, shared with fs and dns), and only while
- * it watches something. An internal eventfd wakes that thread when the
- * poller closes or becomes idle, so a closed or idle poller never keeps the
- * process alive.
+ * One epoll set, waited on by one thread of its own (poller-thread.ts) that does nothing else:
+ * it sleeps in epoll_wait, and a batch of ready fds reaches the main thread through shared memory
+ * and Atomics.waitAsync, one cross-thread wake per batch. (The libuv threadpool it replaces cost
+ * two: the pool thread woke the loop, and each next wait woke a pool thread again.) The fds are
+ * EPOLLONESHOT: a ready fd is reported once and re-armed after its callback ran, which keeps
+ * level-triggered behaviour without the thread spinning on an fd the main thread has not served.
+ *
+ * The thread keeps the process alive only while something is watched. An internal eventfd wakes
+ * it to stop.
  *
  * Level-triggered: a callback that neither consumes the readiness (drain the
  * eventfd, read the socket) nor unwatches the fd is called again right away.
  */
+import type { Worker } from 'node:worker_threads';
 import { isErrnoError } from './errno.ts';
 import { EventFd } from './event-fd.ts';
 import {
   EPOLL_CLOEXEC,
   EPOLL_CTL_ADD,
   EPOLL_CTL_DEL,
+  EPOLL_CTL_MOD,
   EPOLLERR,
   EPOLLHUP,
   EPOLLIN,
+  EPOLLONESHOT,
   EPOLLOUT,
   EPOLLRDHUP,
-  EpollEventBuffer,
   close,
   epollCreate1,
   epollCtl,
-  epollWaitAsync,
 } from './libc.ts';
+import { ACKED, BATCH_AT, COUNT, MAX_BATCH, SEQ, SHARED_BYTES, STOP, type PollerThreadSetup } from './poller-shared.ts';
+import { startThread } from './thread.ts';
 
 export interface Readiness {
   /** EPOLLIN */
@@ -50,6 +56,8 @@ export type ReadyCallback = (readiness: Readiness) => void;
 interface Watch {
   /** Stored in epoll_data: unique per watch, so a stale event for a re-used fd number is recognised. */
   readonly token: number;
+  readonly fd: number;
+  readonly bits: number;
   readonly onReady: ReadyCallback;
 }
 
@@ -58,16 +66,19 @@ const WAKEUP_TOKEN = 0;
 export class Poller {
   readonly #epollFd: number;
   readonly #wakeup: EventFd;
-  readonly #readyEvents: EpollEventBuffer;
   readonly #watchesByFd = new Map<number, Watch>();
   readonly #watchesByToken = new Map<number, Watch>();
+  readonly #words: Int32Array;
+  readonly #batch: Uint32Array;
+  readonly #thread: Worker;
   #nextToken = WAKEUP_TOKEN + 1;
-  /** An epoll_wait is running on the threadpool; it alone may touch #readyEvents. */
-  #waiting = false;
+  #seen = 0;
   #closed = false;
+  #referenced = false;
+  /** Resolves once the thread waits (fds are watched from the start: what is ready meanwhile waits for it). */
+  readonly ready: Promise<void>;
 
-  constructor(maxEventsPerWait = 64) {
-    this.#readyEvents = new EpollEventBuffer(maxEventsPerWait);
+  constructor() {
     const epollFd = epollCreate1(EPOLL_CLOEXEC);
     let wakeup: EventFd | undefined;
     try {
@@ -80,6 +91,21 @@ export class Poller {
     }
     this.#epollFd = epollFd;
     this.#wakeup = wakeup;
+    const shared = new SharedArrayBuffer(SHARED_BYTES);
+    this.#words = new Int32Array(shared, 0, BATCH_AT / 4);
+    this.#batch = new Uint32Array(shared, BATCH_AT, 2 * MAX_BATCH);
+    const setup: PollerThreadSetup = { epfd: epollFd, shared };
+    this.#thread = startThread(new URL('./poller-thread.ts', import.meta.url), setup, 'virtiofs-client poller');
+    this.#thread.unref();
+    this.ready = new Promise((resolve) => this.#thread.once('message', () => resolve()));
+    this.#thread.on('exit', () => this.#release());
+    this.#thread.on('error', (error) => {
+      // The thread cannot fail short of a bug; say so loudly rather than leave fds unserved.
+      process.nextTick(() => {
+        throw error;
+      });
+    });
+    this.#waitForBatch();
   }
 
   /**
@@ -91,11 +117,12 @@ export class Poller {
     if (this.#closed) throw new Error('poller is closed');
     if (this.#watchesByFd.has(fd)) throw new Error(`fd ${fd} is already watched`);
     const token = this.#nextToken++;
-    epollCtl(this.#epollFd, EPOLL_CTL_ADD, fd, interestBits(interest) | EPOLLRDHUP, token);
-    const watch = { token, onReady };
+    const bits = interestBits(interest) | EPOLLRDHUP;
+    epollCtl(this.#epollFd, EPOLL_CTL_ADD, fd, bits | EPOLLONESHOT, token);
+    const watch = { token, fd, bits, onReady };
     this.#watchesByFd.set(fd, watch);
     this.#watchesByToken.set(token, watch);
-    this.#wait();
+    this.#updateReference();
   }
 
   /** Stops calling back for `fd`, including for events already collected (safe inside a callback). */
@@ -105,42 +132,53 @@ export class Poller {
     this.#watchesByFd.delete(fd);
     this.#watchesByToken.delete(watch.token);
     epollCtl(this.#epollFd, EPOLL_CTL_DEL, fd, 0, 0);
-    // Give the threadpool thread back when there is nothing left to wait for.
-    if (this.#watchesByFd.size === 0 && this.#waiting) this.#wakeup.signal();
+    this.#updateReference();
   }
 
-  /** Forgets every watch and releases the epoll set; the watched fds stay open. */
+  /** Forgets every watch and stops the thread; the watched fds stay open. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#watchesByFd.clear();
     this.#watchesByToken.clear();
-    // Closing an epoll fd does not wake a thread waiting on it: wake it, and release once it returns.
-    if (this.#waiting) this.#wakeup.signal();
-    else this.#release();
+    Atomics.store(this.#words, STOP, 1);
+    Atomics.notify(this.#words, ACKED);
+    this.#wakeup.signal();
+    this.#updateReference();
   }
 
-  #wait(): void {
-    if (this.#waiting || this.#closed || this.#watchesByFd.size === 0) return;
-    this.#waiting = true;
-    epollWaitAsync(this.#epollFd, this.#readyEvents, -1, (error, count) => this.#onWaitDone(error, count));
+  /** The thread keeps the process alive while something is watched, as an open socket would. */
+  #updateReference(): void {
+    const wanted = !this.#closed && this.#watchesByFd.size > 0;
+    if (wanted === this.#referenced) return;
+    this.#referenced = wanted;
+    if (wanted) this.#thread.ref();
+    else this.#thread.unref();
   }
 
-  #onWaitDone(error: Error | null, count: number): void {
-    this.#waiting = false;
-    if (this.#closed) {
-      this.#release();
-      return;
-    }
-    if (error !== null && !isErrnoError(error, 'EINTR')) {
-      this.close();
-      throw error;
-    }
-    // Copy the events out first: a callback may start the next wait, which reuses the buffer.
-    const ready = Array.from({ length: count }, (_, index) => this.#readyEvents.event(index));
+  #waitForBatch(): void {
+    if (this.#closed) return;
+    const result = Atomics.waitAsync(this.#words, SEQ, this.#seen);
+    if (result.async) void result.value.then(() => this.#onBatch());
+    else queueMicrotask(() => this.#onBatch());
+  }
+
+  #onBatch(): void {
+    if (this.#closed) return;
+    const seq = Atomics.load(this.#words, SEQ);
+    if (seq === this.#seen) return this.#waitForBatch();
+    // Copy the batch out, then let the thread collect the next one.
+    const count = Atomics.load(this.#words, COUNT);
+    const ready: number[] = [];
+    for (let i = 0; i < 2 * count; i++) ready.push(this.#batch[i]!);
+    this.#seen = seq;
+    Atomics.store(this.#words, ACKED, seq);
+    Atomics.notify(this.#words, ACKED);
     const failures: unknown[] = [];
-    for (const { events, token } of ready) {
+    for (let i = 0; i < ready.length; i += 2) {
       if (this.#closed) break;
+      const token = ready[i]!;
+      const events = ready[i + 1]!;
       if (token === WAKEUP_TOKEN) {
         this.#wakeup.drain();
         continue;
@@ -153,16 +191,34 @@ export class Poller {
       } catch (failure) {
         failures.push(failure);
       }
+      // Still watched (and not re-watched under a new token): arm it for its next readiness.
+      if (this.#watchesByToken.get(token) === watch) this.#rearm(watch);
     }
-    this.#wait();
+    this.#waitForBatch();
     // Thrown only once the poller is consistent again; this surfaces as an uncaught exception.
     if (failures.length === 1) throw failures[0];
     if (failures.length > 1) throw new AggregateError(failures, 'poller callbacks failed');
   }
 
+  #rearm(watch: Watch): void {
+    try {
+      epollCtl(this.#epollFd, EPOLL_CTL_MOD, watch.fd, watch.bits | EPOLLONESHOT, watch.token);
+    } catch (error) {
+      // The fd was closed behind our back (the caller's bug): forget it rather than fail the others.
+      if (!isErrnoError(error, 'EBADF', 'ENOENT')) throw error;
+      this.#watchesByFd.delete(watch.fd);
+      this.#watchesByToken.delete(watch.token);
+      this.#updateReference();
+    }
+  }
+
   #release(): void {
-    close(this.#epollFd);
-    this.#wakeup.close();
+    try {
+      close(this.#epollFd);
+      this.#wakeup.close();
+    } catch {
+      // released already
+    }
   }
 }
 
@@ -185,8 +241,7 @@ function readinessOf(events: number): Readiness {
 let shared: Poller | undefined;
 
 /**
- * The process's poller. Each waiting Poller holds one libuv threadpool thread
- * (4 by default, shared with fs and dns), so transports share this one.
+ * The process's poller: one thread serves every transport's fds.
  */
 export function sharedPoller(): Poller {
   return (shared ??= new Poller());

@@ -11,11 +11,12 @@
  * request queue's thread with its own clone of the /dev/fuse descriptor, the hiprio queue's thread
  * fed FORGETs by the others.
  */
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { errnoNumber, ErrnoError } from '../../ffi/errno.ts';
 import { EventFd } from '../../ffi/event-fd.ts';
 import { readv, writev } from '../../ffi/libc.ts';
 import { sharedPoller } from '../../ffi/poller.ts';
+import { startThread } from '../../ffi/thread.ts';
 import { FuseSession, type SessionOptions } from '../fuse/session.ts';
 import { DATA_AT } from '../fuse/slot-layout.ts';
 import {
@@ -222,7 +223,7 @@ export class FuseRelay {
         trace: this.options.trace !== undefined,
         finishTimeoutMs: FINISH_TIMEOUT_MS,
       };
-      const worker = startQueueThread(setup, loan.name);
+      const worker = startThread(new URL('./queue-thread-main.ts', import.meta.url), setup, loan.name);
       const entry: QueueWorker = { loan, worker, wake, control, stats, role, exited: false, leftInFlight: 0 };
       this.workers.push(entry);
       worker.on('message', (m: QueueThreadMessage) => this.onThreadMessage(entry, m));
@@ -309,18 +310,6 @@ export class FuseRelay {
     const done = quiet ? this.session.close() : Promise.resolve(this.device.close());
     void done.finally(() => this.resolveClosed(reason));
   }
-}
-
-/** The per-queue threads' entry point: the compiled .js in a package, the .ts file under tsx. */
-const QUEUE_THREAD_ENTRY = new URL(`./queue-thread-main${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
-
-function startQueueThread(setup: QueueThreadSetup, name: string): Worker {
-  if (!QUEUE_THREAD_ENTRY.pathname.endsWith('.ts')) return new Worker(QUEUE_THREAD_ENTRY, { workerData: setup, name });
-  // Running from TypeScript (the repository's own bin/, tests): Node 20 applies no loader to a
-  // worker's entry file, so the thread registers tsx itself and then imports the entry.
-  const api = import.meta.resolve('tsx/esm/api');
-  const code = `import(${JSON.stringify(api)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(QUEUE_THREAD_ENTRY.href)}); });`;
-  return new Worker(code, { eval: true, workerData: setup, name });
 }
 
 interface KernelInit {

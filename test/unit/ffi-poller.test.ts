@@ -125,6 +125,7 @@ test.serial('unwatching inside a callback also cancels an event already collecte
     poller.unwatch(a!.fd);
     poller.unwatch(b!.fd);
   });
+  await poller.ready;
   a!.signal();
   b!.signal();
   await sleep(100);
@@ -293,6 +294,7 @@ test('a signal interrupting the waiting thread (EINTR) does not stop the poller'
       poller.close();
       doorbell.close();
     });
+    await poller.ready;
     setTimeout(() => {
       const waiting = readdirSync('/proc/self/task').filter((tid) => {
         const [nr, fd] = readFileSync('/proc/self/task/' + tid + '/syscall', 'utf8').split(' ');
