@@ -3,16 +3,17 @@
  * the main thread through shared memory. Watched fds are EPOLLONESHOT, so a ready fd is reported
  * once and then rests until the main thread has run its callback and re-armed it.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { workerData } from 'node:worker_threads';
 import { EpollEventBuffer, epollWait } from './libc.ts';
-import { BATCH_AT, COUNT, MAX_BATCH, SEQ, ACKED, STOP, type PollerThreadSetup } from './poller-shared.ts';
+import { ACKED, BATCH_AT, COUNT, MAX_BATCH, READY, SEQ, STOP, type PollerThreadSetup } from './poller-shared.ts';
 
 const { epfd, shared } = workerData as PollerThreadSetup;
 const words = new Int32Array(shared, 0, BATCH_AT / 4);
 const batch = new Uint32Array(shared, BATCH_AT, 2 * MAX_BATCH);
 const events = new EpollEventBuffer(MAX_BATCH);
 
-parentPort?.postMessage('waiting');
+Atomics.store(words, READY, 1);
+Atomics.notify(words, READY);
 for (;;) {
   const n = epollWait(epfd, events, -1);
   if (Atomics.load(words, STOP) !== 0) break;

@@ -32,7 +32,7 @@ import {
   epollCreate1,
   epollCtl,
 } from './libc.ts';
-import { ACKED, BATCH_AT, COUNT, MAX_BATCH, SEQ, SHARED_BYTES, STOP, type PollerThreadSetup } from './poller-shared.ts';
+import { ACKED, BATCH_AT, COUNT, MAX_BATCH, READY, SEQ, SHARED_BYTES, STOP, type PollerThreadSetup } from './poller-shared.ts';
 import { startThread } from './thread.ts';
 
 export interface Readiness {
@@ -75,6 +75,8 @@ export class Poller {
   #seen = 0;
   #closed = false;
   #referenced = false;
+  /** An Atomics.waitAsync is pending (it keeps the process alive: only while something is watched). */
+  #waiting = false;
   /** Resolves once the thread waits (fds are watched from the start: what is ready meanwhile waits for it). */
   readonly ready: Promise<void>;
 
@@ -97,15 +99,18 @@ export class Poller {
     const setup: PollerThreadSetup = { epfd: epollFd, shared };
     this.#thread = startThread(new URL('./poller-thread.ts', import.meta.url), setup, 'virtiofs-client poller');
     this.#thread.unref();
-    this.ready = new Promise((resolve) => this.#thread.once('message', () => resolve()));
+    // Not a 'message' from the thread: a message listener keeps the process alive after it fired.
+    const started = Atomics.waitAsync(this.#words, READY, 0);
+    this.ready = started.async ? started.value.then(() => undefined) : Promise.resolve();
     this.#thread.on('exit', () => this.#release());
+    // At exit Node joins every thread, and this one sleeps in epoll_wait: wake it to stop.
+    process.once('exit', this.#onProcessExit);
     this.#thread.on('error', (error) => {
       // The thread cannot fail short of a bug; say so loudly rather than leave fds unserved.
       process.nextTick(() => {
         throw error;
       });
     });
-    this.#waitForBatch();
   }
 
   /**
@@ -123,6 +128,12 @@ export class Poller {
     this.#watchesByFd.set(fd, watch);
     this.#watchesByToken.set(token, watch);
     this.#updateReference();
+    this.#waitForBatch();
+  }
+
+  /** The fds watched now (for diagnostics and tests). */
+  get watchedFds(): number[] {
+    return [...this.#watchesByFd.keys()];
   }
 
   /** Stops calling back for `fd`, including for events already collected (safe inside a callback). */
@@ -139,13 +150,17 @@ export class Poller {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    process.off('exit', this.#onProcessExit);
     this.#watchesByFd.clear();
     this.#watchesByToken.clear();
     Atomics.store(this.#words, STOP, 1);
     Atomics.notify(this.#words, ACKED);
     this.#wakeup.signal();
+    this.#referenced = true;
     this.#updateReference();
   }
+
+  readonly #onProcessExit = (): void => this.close();
 
   /** The thread keeps the process alive while something is watched, as an open socket would. */
   #updateReference(): void {
@@ -153,17 +168,23 @@ export class Poller {
     if (wanted === this.#referenced) return;
     this.#referenced = wanted;
     if (wanted) this.#thread.ref();
-    else this.#thread.unref();
+    else {
+      this.#thread.unref();
+      // A pending Atomics.waitAsync keeps the process alive: end it (the batch it finds is empty).
+      if (this.#waiting) Atomics.notify(this.#words, SEQ);
+    }
   }
 
   #waitForBatch(): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#waiting || this.#watchesByFd.size === 0) return;
+    this.#waiting = true;
     const result = Atomics.waitAsync(this.#words, SEQ, this.#seen);
     if (result.async) void result.value.then(() => this.#onBatch());
     else queueMicrotask(() => this.#onBatch());
   }
 
   #onBatch(): void {
+    this.#waiting = false;
     if (this.#closed) return;
     const seq = Atomics.load(this.#words, SEQ);
     if (seq === this.#seen) return this.#waitForBatch();

@@ -66,6 +66,13 @@ export class OpStats {
     return out.sort((a, b) => b.count - a.count);
   }
 
+  /** Requests recorded, every opcode together. */
+  total(): number {
+    let n = 0;
+    for (let opcode = 0; opcode < ROWS; opcode++) n += this.cells[opcode * ROW + COUNT]!;
+    return n;
+  }
+
   summary(): OpcodeSummary[] {
     return OpStats.summary([this]);
   }

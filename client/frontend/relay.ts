@@ -63,6 +63,8 @@ export interface RelayStatus {
   archOutcome: string;
   wireArch: string;
   inFlight: number;
+  /** Per queue thread: the requests it carried (FORGETs count on the request queue that read them, and on hiprio). */
+  queues?: { name: string; requests: number }[];
   operations: OpcodeSummary[];
 }
 
@@ -98,7 +100,13 @@ export class FuseRelay {
     this.log = options.log ?? ((line) => console.error(`virtiofs-client: ${line}`));
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     device.onFailure((error) => this.teardown(`device failed: ${error.message}`));
+    process.once('exit', this.onProcessExit);
   }
+
+  /** At exit Node joins every thread: one still serving sleeps in epoll_wait, so wake it to stop. */
+  private readonly onProcessExit = (): void => {
+    for (const w of this.workers) this.signal(w, ABORT);
+  };
 
   /**
    * Connects to the device, mounts /dev/fuse on the mountpoint, and relays the
@@ -153,7 +161,8 @@ export class FuseRelay {
       archOutcome: this.session.init.arch.outcome,
       wireArch: this.session.wireArch.name,
       inFlight: this.workers.reduce((n, w) => n + Atomics.load(w.control, CONTROL_IN_FLIGHT), 0),
-      operations: OpStats.summary(this.workers.map((w) => w.stats)),
+      queues: this.workers.map((w) => ({ name: w.loan.name, requests: w.stats.total() })),
+      operations: OpStats.summary(this.workers.filter((w) => w.role === 'request').map((w) => w.stats)),
     };
   }
 
@@ -306,6 +315,7 @@ export class FuseRelay {
     } catch (e) {
       this.log(`unmount ${this.mount.mountpoint}: ${(e as Error).message}`);
     }
+    process.off('exit', this.onProcessExit);
     const reason = this.stopping ?? 'unmounted';
     const done = quiet ? this.session.close() : Promise.resolve(this.device.close());
     void done.finally(() => this.resolveClosed(reason));

@@ -12,6 +12,7 @@ import { openFlagValue, resolveArch, type Architecture } from '../../client/arch
 import { FOREIGN_SANDBOX, foreignArchName, foreignVirtiofsd, type ForeignArch } from '../../client/backends/foreign.ts';
 import { Virtiofsd, type VirtiofsdOptions } from '../../client/backends/virtiofsd.ts';
 import { ROOT, VirtioFsClient, type ConnectOptions } from '../../client/client.ts';
+import { FuseRelay } from '../../client/frontend/relay.ts';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../client/virtio/features.ts';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../client/virtio/ring-layout.ts';
 import { Virtqueue } from '../../client/virtio/virtqueue.ts';
@@ -119,6 +120,54 @@ async function withReferenceDevice(
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+test('--queues 2 through a mount: the relay runs one thread per request queue, each with its own /dev/fuse clone, and the kernel\'s requests reach both', async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = mkdtempSync(join(tmpdir(), 'vfs-refdev-mq-'));
+  const sockets = mkdtempSync(join(tmpdir(), 'vfs-refdev-mq-sock-'));
+  const mnt = mkdtempSync(join(tmpdir(), 'vfs-refdev-mq-mnt-'));
+  const daemon = await Virtiofsd.start({ sharedDir: dir });
+  let device: DeviceProcess | undefined;
+  let relay: FuseRelay | undefined;
+  const log: string[] = [];
+  try {
+    device = await startDevice(daemon.socketPath, join(sockets, 'device.sock'), ['--queues', '2']);
+    relay = await FuseRelay.mount({ transport: `vhost-user:${device.socket}`, mountpoint: mnt, requestQueues: 2, log: (l) => log.push(l) });
+    const files = Array.from({ length: 8 }, (_, i) => ({ name: `f${i}`, data: randomBytes(256 * 1024 + i) }));
+    // Eight writers and then eight readers at once, in other processes: the kernel queues their
+    // requests on the one FUSE connection and whichever thread is free reads each.
+    await Promise.all(files.map((f) => runShell(`cat > ${join(mnt, f.name)}`, f.data)));
+    const read = await Promise.all(files.map((f) => runShell(`cat ${join(mnt, f.name)} && ls -l ${mnt} > /dev/null`)));
+    files.forEach((f, i) => t.true(read[i]!.equals(f.data), `${f.name} reads back byte-exact`));
+    files.forEach((f) => t.true(readFileSync(join(dir, f.name)).equals(f.data), `${f.name} is on the device`));
+    const queues = relay.status().queues!;
+    t.log(queues.map((q) => `${q.name} ${q.requests}`).join(', '));
+    t.deepEqual(queues.map((q) => q.name), ['hiprio', 'request0', 'request1']);
+    t.true(queues[1]!.requests > 0 && queues[2]!.requests > 0, 'both request threads carried requests');
+    t.deepEqual(log.filter((l) => !l.includes('device offers')), [], 'nothing went wrong');
+  } finally {
+    await relay?.unmount();
+    if (device && device.child.exitCode === null) {
+      const code = await Promise.race([device.exited, sleep(10_000).then(() => 'still running')]);
+      t.is(code, 0, `the device exits with 0 once the relay is gone:\n${device.output.join('\n')}`);
+    }
+    await daemon.stop();
+    for (const d of [dir, sockets, mnt]) rmSync(d, { recursive: true, force: true });
+  }
+});
+
+/** Runs `command` under sh with `input` on stdin; resolves with its stdout, rejects on failure. */
+function runShell(command: string, input?: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('sh', ['-c', command], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => err.push(c));
+    child.once('exit', (code) => (code === 0 ? resolve(Buffer.concat(out)) : reject(new Error(`${command}: exit ${code}: ${Buffer.concat(err)}`))));
+    child.stdin.end(input);
+  });
+}
 
 async function errnoOf(promise: Promise<unknown>): Promise<number | undefined> {
   try {
