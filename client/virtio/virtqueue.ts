@@ -505,6 +505,16 @@ export class Virtqueue<T> {
     if (availIdx !== usedIdx) {
       throw new VirtqueueError('REQUESTS_IN_FLIGHT', this.name, `avail idx ${availIdx}, used idx ${usedIdx}: the device holds requests`);
     }
+    this.resetState(availIdx, usedIdx);
+  }
+
+  private initialize(): void {
+    this.region.bytes.fill(0, this.offset, this.offset + this.layout.totalBytes);
+    this.resetState(0, 0);
+  }
+
+  /** Every descriptor free, nothing in flight, indexes as given, not broken. */
+  private resetState(availIdx: number, usedIdx: number): void {
     for (let i = 0; i < this.size; i++) this.nextDescriptor[i] = i + 1;
     this.headState.fill(NOT_A_HEAD);
     this.tokens.fill(undefined);
@@ -518,20 +528,6 @@ export class Virtqueue<T> {
     this.broken = undefined;
   }
 
-  private initialize(): void {
-    this.region.bytes.fill(0, this.offset, this.offset + this.layout.totalBytes);
-    for (let i = 0; i < this.size; i++) this.nextDescriptor[i] = i + 1;
-    this.headState.fill(NOT_A_HEAD);
-    this.tokens.fill(undefined);
-    this.freeHead = 0;
-    this.freeCount = this.size;
-    this.inFlight = 0;
-    this.availIdx = 0;
-    this.availIdxAtLastKickCheck = 0;
-    this.lastUsedIdx = 0;
-    this.callbacksEnabled = true;
-    this.broken = undefined;
-  }
 
   /** Validates one segment list; returns its segment count. */
   private checkSegments(segments: Segments, kind: 'readable' | 'writable'): number {

@@ -250,3 +250,42 @@ test('failAll hands back every in-flight token and breaks the queue until reset'
   queue.drainUsed((token) => done.push(token), noProblems);
   t.deepEqual(done, ['after reset']);
 });
+
+test('adopt: a second Virtqueue over live rings (a per-queue thread taking over) continues from their indexes; with requests at the device it refuses', (t) => {
+  const dma = new FakeDma(1 << 16);
+  const { queue: first, device } = setup(8, { features: ALL }, dma);
+  // Three requests through the first object, the last one left at the device.
+  for (let i = 0; i < 3; i++) t.true(first.add([0x1000 + 64 * i, 16], [0x2000 + 64 * i, 32], `first${i}`));
+  const chains = device.popAll();
+  device.complete([chains[0]!.head, 8], [chains[1]!.head, 8]);
+  const done: string[] = [];
+  first.drainUsed((token) => done.push(token), noProblems);
+  t.deepEqual(done, ['first0', 'first1']);
+  const adopt = () => new Virtqueue<string>({ name: 'request0', region: dma, offset: 0, size: 8, features: ALL, adopt: true });
+  const refused = t.throws(adopt, { instanceOf: VirtqueueError })!;
+  t.is(refused.code, 'REQUESTS_IN_FLIGHT');
+  t.regex(refused.message, /avail idx 3, used idx 2/);
+
+  device.complete([chains[2]!.head, 8]);
+  first.drainUsed((token) => done.push(token), noProblems);
+  const second = adopt();
+  t.is(second.freeDescriptors, 8, 'every descriptor is free for the new owner');
+  // The device sees the next requests where it expects them (avail idx 3 on), and the new owner
+  // takes their used entries from used idx 3 on; the ring is not zeroed under the device.
+  for (let i = 0; i < 10; i++) {
+    t.true(second.add([0x1000, 16], [0x2000, 32], `second${i}`));
+    const chain = device.pop()!;
+    t.truthy(chain, `request ${i} reaches the device`);
+    device.complete([chain.head, 4]);
+    const got: string[] = [];
+    second.drainUsed((token, len) => got.push(`${token}:${len}`), noProblems);
+    t.deepEqual(got, [`second${i}:4`]);
+  }
+  // Back to the first object, as when the thread returns the queue: it adopts the rings again.
+  first.adoptRings();
+  t.true(first.add([0x1000, 16], [0x2000, 32], 'back'));
+  device.complete([device.pop()!.head, 2]);
+  const back: string[] = [];
+  first.drainUsed((token) => back.push(token), noProblems);
+  t.deepEqual(back, ['back']);
+});
