@@ -10,6 +10,7 @@
 // virtiofsd, passthrough_ll: /proc/<pid>/stat around each timed run) and fio's
 // mean completion latency of one 4 KiB random read on every mount.
 // Run: npm run bench:mount [-- --seconds 5 --size 512 --dir /var/tmp --frontends relay,fuse-native]
+import type { PhaseSummary } from '../client/frontend/op-stats.ts';
 import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
@@ -101,6 +102,8 @@ interface Measured {
   /** fio's mean completion latency, us. */
   clatUs?: number;
   requests?: Map<string, number>;
+  /** The relay's client-side phases of the requests of this run (mean us). */
+  phases?: PhaseSummary;
   /** CPU clock ticks each serving process used during the timed part. */
   cpu?: Map<Role, number>;
   /** Wall-clock seconds of the timed part. */
@@ -115,6 +118,16 @@ interface Ours {
   daemon: Virtiofsd;
   /** Set if the virtiofsd exited before clean-up began. */
   daemonDied?: string;
+}
+
+/** The phases of the requests made between two status samples (the status gives cumulative means). */
+function phasesBetween(a: PhaseSummary | undefined, b: PhaseSummary | undefined): PhaseSummary | undefined {
+  if (!b) return undefined;
+  const n0 = a?.requests ?? 0;
+  const n = b.requests - n0;
+  if (n <= 0) return undefined;
+  const mean = (k: 'prepareUs' | 'deviceUs' | 'replyUs') => (b[k] * b.requests - (a ? a[k] * n0 : 0)) / n;
+  return { requests: n, prepareUs: mean('prepareUs'), deviceUs: mean('deviceUs'), replyUs: mean('replyUs') };
 }
 
 const cleanup = new Cleanup();
@@ -329,6 +342,7 @@ async function main(): Promise<void> {
       process.stderr.write(`${w.name.padEnd(26)} ${t.padEnd(15)} `);
       const mine = isFrontend(t) ? ours.get(t) : undefined;
       const before = await mine?.mount.counts();
+      const phasesBefore = await mine?.mount.phases();
       const roles = servers(t);
       const cpu = new Map<Role, number>();
       let timedSeconds = 0;
@@ -352,6 +366,7 @@ async function main(): Promise<void> {
         if (mine && before) {
           const after = await mine.mount.counts();
           cell.requests = new Map([...after].map(([op, n]) => [op, n - (before.get(op) ?? 0)] as const).filter(([, n]) => n > 0));
+          cell.phases = phasesBetween(phasesBefore, await mine.mount.phases());
         }
         process.stderr.write(`${fmt(value)} ${w.unit}\n`);
       } catch (e) {
@@ -516,7 +531,25 @@ async function main(): Promise<void> {
     console.log('- psync: fio times each pread() whole (no separate submission latency), so this is the system call as the');
     console.log('  application sees it: kernel FUSE, the daemon(s), the host page cache copy. The difference to pt_ll is');
     console.log('  what our path (client process + vhost-user + virtiofsd) adds to one request over libfuse on /dev/fuse;');
-    console.log('  the split inside it is not measured here (see the CPU per operation above for where the CPU goes).');
+    console.log('  the split inside it follows for the relays.');
+    const relays = frontends.filter((f) => f !== 'fuse-native');
+    const rows = chosen.flatMap((w) =>
+      relays.flatMap((f) => {
+        const c = results.get(`${w.name}/${f}`);
+        if (!c || 'error' in c || !c.phases) return [];
+        const p = c.phases;
+        const inside = p.prepareUs + p.deviceUs + p.replyUs;
+        return [[w.name, f, fmt(p.prepareUs), fmt(p.deviceUs), fmt(p.replyUs), fmt(inside), c.clatUs !== undefined && w.per === '4 KiB read' && w.name === LATENCY_WORKLOAD ? fmt(c.clatUs - inside) : '-']];
+      }),
+    );
+    if (rows.length) {
+      console.log('');
+      console.log('Where one relayed request\'s time goes, mean us per request of each run (the relay\'s own clock, from status):');
+      printTable(['workload', 'mount', 'prepare', 'device', 'reply', 'in client', 'clat - in client'], rows);
+      console.log('- prepare: read off /dev/fuse -> on the virtqueue; device: -> its used entry seen (kick, the device\'s');
+      console.log('  service, its notification, our wake-up); reply: -> written to /dev/fuse. clat - in client (1-job reads');
+      console.log('  only): the kernel\'s side, FUSE queueing and the wake-ups of the relay thread and of fio.');
+    }
   }
 
   for (const f of frontends) {

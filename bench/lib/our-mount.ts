@@ -4,6 +4,7 @@
  * (returns once mounted; the mount process, relay or fuse-native, continues in
  * the background) and `virtiofs-client unmount`.
  */
+import type { PhaseSummary } from '../../client/frontend/op-stats.ts';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -24,6 +25,8 @@ export interface OurMount {
   negotiation: string[];
   /** What the mount's `status` counted so far, by name: FUSE opcodes (relay) or libfuse callbacks (fuse-native). */
   counts(): Promise<Map<string, number>>;
+  /** The relay's client-side time per request by phase so far (undefined for fuse-native). */
+  phases(): Promise<PhaseSummary | undefined>;
   /** Unmounts with `virtiofs-client unmount` and waits for the relay to exit. */
   stop(): Promise<void>;
 }
@@ -75,6 +78,9 @@ export async function mountOurs(cleanup: Cleanup, socketPath: string, mountpoint
     async counts() {
       const s = await queryStatus(controlSocketPath(mountpoint));
       return new Map((s?.operations ?? []).map((o) => [o.opcode, o.count]));
+    },
+    async phases() {
+      return (await queryStatus(controlSocketPath(mountpoint)))?.phases;
     },
     stop,
   };

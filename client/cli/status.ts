@@ -18,6 +18,9 @@ function render(s: RelayStatus): string {
     `  transport   ${s.transport}`,
     ...s.negotiation.map((l) => `  ${l}`),
     `  in flight   ${s.inFlight}`,
+    ...(s.phases
+      ? [`  per request prepare ${s.phases.prepareUs} us, device ${s.phases.deviceUs} us, reply ${s.phases.replyUs} us (client-side means over ${s.phases.requests})`]
+      : []),
     ...(s.queues ? [`  queues      ${s.queues.map((q) => `${q.name} ${q.requests}`).join(', ')} (requests, one thread each)`] : []),
     `  ${'opcode'.padEnd(14)} ${'count'.padStart(9)} ${'errors'.padStart(7)} ${'p50 ms'.padStart(8)} ${'p90 ms'.padStart(8)} ${'p99 ms'.padStart(8)}`,
     ...s.operations.map(

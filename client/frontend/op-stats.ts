@@ -15,6 +15,27 @@ const COUNT = 0;
 const ERRORS = 1;
 const LATENCIES = 2;
 const ROW = LATENCIES + WINDOW;
+/** After the rows: requests timed in phases, then the sums of each phase (ms). */
+const PHASES_AT = ROWS * ROW;
+const PHASE_COUNT = 0;
+const PHASE_PREPARE = 1;
+const PHASE_DEVICE = 2;
+const PHASE_REPLY = 3;
+const CELLS = PHASES_AT + 4;
+
+/**
+ * Where a relayed request's time goes inside the client, mean per request (us): `prepare` from
+ * reading it off /dev/fuse to putting it on the virtqueue, `device` from there to finding its used
+ * entry (kick, the device's service, its notification, our wake-up), `reply` from there to the
+ * reply written to /dev/fuse. What an application sees beyond their sum is the kernel's side:
+ * FUSE queueing and the wake-ups of the reading thread and of the application.
+ */
+export interface PhaseSummary {
+  requests: number;
+  prepareUs: number;
+  deviceUs: number;
+  replyUs: number;
+}
 
 export interface OpcodeSummary {
   opcode: string;
@@ -30,7 +51,7 @@ export class OpStats {
   private readonly cells: Float64Array;
 
   /** Pass another thread's `buffer` to read (or record into) its figures. */
-  constructor(buffer: SharedArrayBuffer = new SharedArrayBuffer(ROWS * ROW * 8)) {
+  constructor(buffer: SharedArrayBuffer = new SharedArrayBuffer(CELLS * 8)) {
     this.buffer = buffer;
     this.cells = new Float64Array(buffer);
   }
@@ -41,6 +62,32 @@ export class OpStats {
     this.cells[row + LATENCIES + (count % WINDOW)] = latencyMs;
     this.cells[row + COUNT] = count + 1;
     if (failed) this.cells[row + ERRORS]!++;
+  }
+
+  /** One request's phases (ms), see PhaseSummary. */
+  recordPhases(prepareMs: number, deviceMs: number, replyMs: number): void {
+    const c = this.cells;
+    c[PHASES_AT + PHASE_COUNT]!++;
+    c[PHASES_AT + PHASE_PREPARE] = c[PHASES_AT + PHASE_PREPARE]! + prepareMs;
+    c[PHASES_AT + PHASE_DEVICE] = c[PHASES_AT + PHASE_DEVICE]! + deviceMs;
+    c[PHASES_AT + PHASE_REPLY] = c[PHASES_AT + PHASE_REPLY]! + replyMs;
+  }
+
+  /** Mean phases over every OpStats given; undefined when none recorded any. */
+  static phases(all: readonly OpStats[]): PhaseSummary | undefined {
+    let n = 0;
+    let prepare = 0;
+    let device = 0;
+    let reply = 0;
+    for (const s of all) {
+      n += s.cells[PHASES_AT + PHASE_COUNT]!;
+      prepare += s.cells[PHASES_AT + PHASE_PREPARE]!;
+      device += s.cells[PHASES_AT + PHASE_DEVICE]!;
+      reply += s.cells[PHASES_AT + PHASE_REPLY]!;
+    }
+    if (n === 0) return undefined;
+    const us = (ms: number) => Math.round((ms / n) * 1000 * 100) / 100;
+    return { requests: n, prepareUs: us(prepare), deviceUs: us(device), replyUs: us(reply) };
   }
 
   /** Busiest opcodes first, over every OpStats given (one per thread). */

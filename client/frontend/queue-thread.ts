@@ -132,6 +132,7 @@ export class QueueThread {
   private readonly uniqueLow: Uint32Array;
   private readonly uniqueHigh: Uint32Array;
   private readonly started: Float64Array;
+  private readonly submitted: Float64Array;
   private readonly free: Int32Array;
   private freeCount: number;
   private inFlight = 0;
@@ -174,6 +175,7 @@ export class QueueThread {
     this.uniqueLow = new Uint32Array(count);
     this.uniqueHigh = new Uint32Array(count);
     this.started = new Float64Array(count);
+    this.submitted = new Float64Array(count);
     this.free = new Int32Array(count);
     for (let s = 0; s < count; s++) {
       const offset = loan.slotOffsets[s]!;
@@ -344,6 +346,7 @@ export class QueueThread {
       if (!this.queue.add(this.regionReadable, this.regionWritable, s)) {
         throw new EngineFailure('EIO', `${this.queue.name} has no free descriptors`);
       }
+      this.submitted[s] = performance.now();
       this.inFlight++;
     } catch (e) {
       this.failRequest(s, opcode, e);
@@ -398,6 +401,7 @@ export class QueueThread {
     if (this.setup.role === 'hiprio') return this.finish(s, false);
     const opcode = this.opcodes[s]!;
     const view = this.slotViews[s]!;
+    const usedAt = performance.now();
     let errno: number;
     try {
       errno = this.engine.judge(view, opcode, this.uniqueLow[s]!, this.uniqueHigh[s]!, usedLen, this.spaces[s]!);
@@ -422,6 +426,8 @@ export class QueueThread {
       }
     }
     this.write(s, count);
+    const submitted = this.submitted[s]!;
+    this.stats.recordPhases(submitted - this.started[s]!, usedAt - submitted, performance.now() - usedAt);
     this.finish(s, errno !== 0);
   };
 

@@ -35,7 +35,7 @@ import type { VirtioTransport } from '../transport/transport.ts';
 import { HIPRIO_QUEUE, VirtioFsDevice, type DeviceOptions, type QueueLoan, type Slot } from '../virtio/virtio-fs-device.ts';
 import { ForgetMailbox } from './forget-mailbox.ts';
 import { FuseMount } from './fuse-mount.ts';
-import { OpStats, type OpcodeSummary } from './op-stats.ts';
+import { OpStats, type OpcodeSummary, type PhaseSummary } from './op-stats.ts';
 import { ABORT, CONTROL_IN_FLIGHT, CONTROL_STOP, CONTROL_WORDS, FINISH, HEAD, type QueueThreadMessage, type QueueThreadSetup } from './queue-thread.ts';
 
 /** Slots the hiprio thread gets for FORGETs; the request queues share the rest. */
@@ -65,6 +65,8 @@ export interface RelayStatus {
   inFlight: number;
   /** Per queue thread: the requests it carried (FORGETs count on the request queue that read them, and on hiprio). */
   queues?: { name: string; requests: number }[];
+  /** Mean time per relayed request inside the client, by phase (the relay only). */
+  phases?: PhaseSummary;
   operations: OpcodeSummary[];
 }
 
@@ -162,6 +164,7 @@ export class FuseRelay {
       wireArch: this.session.wireArch.name,
       inFlight: this.workers.reduce((n, w) => n + Atomics.load(w.control, CONTROL_IN_FLIGHT), 0),
       queues: this.workers.map((w) => ({ name: w.loan.name, requests: w.stats.total() })),
+      phases: OpStats.phases(this.workers.map((w) => w.stats)),
       operations: OpStats.summary(this.workers.filter((w) => w.role === 'request').map((w) => w.stats)),
     };
   }
