@@ -10,8 +10,9 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Virtiofsd } from '../client/backends/virtiofsd.ts';
 import { ROOT, VirtioFsClient } from '../client/client.ts';
+import { DEFAULT_POLL_US } from '../client/virtio/virtio-fs-device.ts';
 
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '2' }, 'busy-poll': { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '2' }, 'busy-poll': { type: 'boolean', default: false }, 'poll-us': { type: 'string', default: String(DEFAULT_POLL_US) } } });
 const seconds = Number(values.seconds);
 const BLOCK = 128 * 1024;
 const FILE_SIZE = 64 << 20;
@@ -35,7 +36,7 @@ const dir = mkdtempSync(join(tmpdir(), 'vfs-bench-'));
 writeFileSync(join(dir, 'small'), 'x');
 writeFileSync(join(dir, 'big'), randomBytes(FILE_SIZE));
 const daemon = await Virtiofsd.start({ sharedDir: dir, cache: 'auto' });
-const client = await VirtioFsClient.connect({ transport: `vhost-user:${daemon.socketPath}`, busyPoll: values['busy-poll'] });
+const client = await VirtioFsClient.connect({ transport: `vhost-user:${daemon.socketPath}`, busyPoll: values['busy-poll'], pollUs: Number(values['poll-us']) });
 try {
   const small = await client.lookup(ROOT, 'small');
   const big = await client.lookup(ROOT, 'big');
@@ -63,7 +64,7 @@ try {
   closeSync(fd);
   await handle.close();
 
-  console.log(`virtiofs-client driver benchmark: ${seconds} s per figure, virtiofsd cache=auto, busy-poll ${values['busy-poll'] ? 'on' : 'off'}`);
+  console.log(`virtiofs-client driver benchmark: ${seconds} s per figure, virtiofsd cache=auto, busy-poll ${values['busy-poll'] ? 'on' : 'off'}, poll ${values['poll-us']} us after a lone request`);
   console.log(`${'operation'.padEnd(16)} ${'virtio-fs'.padStart(12)} ${'native'.padStart(12)} ${'ratio'.padStart(7)}  unit`);
   for (const [name, ours, native, unit] of rows) {
     console.log(`${name.padEnd(16)} ${ours.toFixed(0).padStart(12)} ${native.toFixed(0).padStart(12)} ${(ours / native).toFixed(3).padStart(7)}  ${unit}`);

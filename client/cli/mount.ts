@@ -37,13 +37,17 @@ other user mounts through fusermount3 (Debian's fuse3) on a mountpoint they own.
   --queue-size <n>       descriptors per queue (default 128)
   --allow-other          let users other than root use the mount
   --busy-poll            poll the used rings instead of waiting for notifications
+  --poll-us <n>          poll this long for work before sleeping (default 50; 0: sleep
+                         at once): each queue thread of the relay, and fuse-native after a
+                         lone request. On a virtual machine a sleeping thread's wake-up
+                         costs tens of us; polling costs CPU
   --trace                log every FUSE request and reply, decoded, one line each
   --foreground           stay in the foreground (Ctrl-C unmounts); otherwise the
                          relay continues in the background once the mount is ready
                          and logs to ${RUN_DIR}/<id>.log
   -o <opt,opt,...>       the options above in mount(8) form: allow_other, arch_mode=<mode>,
                          device_arch=<arch>, frontend=<f>, queues=<n>, queue_size=<n>,
-                         busy_poll, trace; and mount(8)'s generic flags (ro, rw, noexec,
+                         busy_poll, poll_us=<n>, trace; and mount(8)'s generic flags (ro, rw, noexec,
                          noatime, nosuid, suid, nodev, dev, sync, ...; default nosuid,nodev).
                          defaults, auto, noauto, user, users, nofail, _netdev and x-*
                          are fstab's and ignored here.
@@ -65,6 +69,7 @@ interface MountArgs {
   queueSize: number | undefined;
   allowOther: boolean;
   busyPoll: boolean;
+  pollUs: number | undefined;
   trace: boolean;
   foreground: boolean;
   /** mount(8)'s generic flags from -o, in order. */
@@ -91,6 +96,7 @@ const O_OPTIONS: Readonly<Record<string, { option: string; value: boolean }>> = 
   queues: { option: 'queues', value: true },
   queue_size: { option: 'queue-size', value: true },
   busy_poll: { option: 'busy-poll', value: false },
+  poll_us: { option: 'poll-us', value: true },
   trace: { option: 'trace', value: false },
 };
 
@@ -141,6 +147,7 @@ function parse(commandLine: string[]): MountArgs {
       'queue-size': { type: 'string' },
       'allow-other': { type: 'boolean', default: false },
       'busy-poll': { type: 'boolean', default: false },
+      'poll-us': { type: 'string' },
       trace: { type: 'boolean', default: false },
       foreground: { type: 'boolean', default: false },
       options: { type: 'string', short: 'o', multiple: true },
@@ -173,12 +180,20 @@ function parse(commandLine: string[]): MountArgs {
     queueSize: positiveInt('queue-size', values['queue-size']),
     allowOther: values['allow-other']!,
     busyPoll: values['busy-poll']!,
+    pollUs: pollMicroseconds(values['poll-us']),
     trace: values.trace!,
     foreground: values.foreground!,
     mountFlags: expanded.flags,
     quiet: values.quiet!,
     notifyParent: values['notify-parent']!,
   };
+}
+
+function pollMicroseconds(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new UsageError(`--poll-us ${text}: expected microseconds, 0..1000000`);
+  return n;
 }
 
 /** Mounts and serves in this process until unmounted; returns the exit status. */
@@ -197,6 +212,7 @@ async function serve(a: MountArgs): Promise<number> {
       allowOther: a.allowOther,
       mountFlags: a.mountFlags,
       busyPoll: a.busyPoll,
+      ...(a.pollUs !== undefined ? { pollUs: a.pollUs } : {}),
       log,
       trace: a.trace ? (line) => console.error(line) : undefined,
     });

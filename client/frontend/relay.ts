@@ -32,7 +32,7 @@ import {
 } from '../protocol/index.ts';
 import { openTransport } from '../transport/open.ts';
 import type { VirtioTransport } from '../transport/transport.ts';
-import { HIPRIO_QUEUE, VirtioFsDevice, type DeviceOptions, type QueueLoan, type Slot } from '../virtio/virtio-fs-device.ts';
+import { DEFAULT_POLL_US, HIPRIO_QUEUE, VirtioFsDevice, type DeviceOptions, type QueueLoan, type Slot } from '../virtio/virtio-fs-device.ts';
 import { ForgetMailbox } from './forget-mailbox.ts';
 import { FuseMount } from './fuse-mount.ts';
 import { OpStats, type OpcodeSummary, type PhaseSummary } from './op-stats.ts';
@@ -232,6 +232,7 @@ export class FuseRelay {
         clientArch: translation.client.name,
         wireArch: translation.wire.name,
         busyPoll: this.options.busyPoll ?? false,
+        pollUs: role === 'hiprio' ? 0 : (this.options.pollUs ?? DEFAULT_POLL_US),
         trace: this.options.trace !== undefined,
         finishTimeoutMs: FINISH_TIMEOUT_MS,
       };
