@@ -32,6 +32,13 @@ export interface PciFunction {
    * legacy interrupt (vector -1), or nothing; returns which it managed.
    */
   enableInterrupts(vectors: number, onInterrupt: (vector: number) => void): InterruptMode;
+  /**
+   * With MSI-X: hands vector `vector`'s eventfd to another thread of this process (a per-queue
+   * thread waits on it itself) and stops watching it here until reclaimVector. Undefined when the
+   * function has no eventfd of that vector's own (INTx, UIO).
+   */
+  lendVector?(vector: number): number | undefined;
+  reclaimVector?(vector: number): void;
   /** Function-level reset where the kernel offers one. */
   reset(): void;
   close(): void;

@@ -45,6 +45,10 @@ export class VfioFunction implements PciFunction {
   private readonly dmaMaps: { iova: bigint; size: number }[] = [];
   private memory: HugepageMemory | undefined;
   private eventfds: EventFd[] = [];
+  private onVector: (() => void)[] = [];
+  private irqMode: InterruptMode = 'polling';
+  /** Vectors whose eventfd a per-queue thread waits on (not watched here). */
+  private readonly lentVectors = new Set<number>();
 
   constructor(readonly address: string) {
     const sysfs = `/sys/bus/pci/devices/${address}`;
@@ -152,20 +156,34 @@ export class VfioFunction implements PciFunction {
         fds.forEach((fd, i) => new DataView(data.buffer).setInt32(4 * i, fd.fd, true));
         call(this.device, v.VFIO_DEVICE_SET_IRQS, v.vfio_irq_set, { flags: v.VFIO_IRQ_SET_DATA_EVENTFD | v.VFIO_IRQ_SET_ACTION_TRIGGER, index, start: 0, count }, data);
         this.eventfds = fds;
-        fds.forEach((fd, vector) =>
-          sharedPoller().watch(fd.fd, 'readable', () => {
-            fd.drain();
-            onInterrupt(mode === 'msix' ? vector : -1);
-            // VFIO masks a level-triggered INTx when it fires: unmask once the ISR has been read.
-            if (mode === 'intx') call(this.device, v.VFIO_DEVICE_SET_IRQS, v.vfio_irq_set, { flags: v.VFIO_IRQ_SET_DATA_NONE | v.VFIO_IRQ_SET_ACTION_UNMASK, index, start: 0, count: 1 });
-          }),
-        );
+        this.irqMode = mode;
+        this.onVector = fds.map((fd, vector) => () => {
+          fd.drain();
+          onInterrupt(mode === 'msix' ? vector : -1);
+          // VFIO masks a level-triggered INTx when it fires: unmask once the ISR has been read.
+          if (mode === 'intx') call(this.device, v.VFIO_DEVICE_SET_IRQS, v.vfio_irq_set, { flags: v.VFIO_IRQ_SET_DATA_NONE | v.VFIO_IRQ_SET_ACTION_UNMASK, index, start: 0, count: 1 });
+        });
+        fds.forEach((fd, vector) => sharedPoller().watch(fd.fd, 'readable', this.onVector[vector]!));
         return mode;
       } catch (e) {
         if (!isErrnoError(e)) throw e;
       }
     }
     return 'polling';
+  }
+
+  lendVector(vector: number): number | undefined {
+    const fd = this.eventfds[vector];
+    if (this.irqMode !== 'msix' || !fd || this.lentVectors.has(vector)) return undefined;
+    sharedPoller().unwatch(fd.fd);
+    this.lentVectors.add(vector);
+    return fd.fd;
+  }
+
+  reclaimVector(vector: number): void {
+    const fd = this.eventfds[vector];
+    if (!fd || !this.lentVectors.delete(vector)) return;
+    sharedPoller().watch(fd.fd, 'readable', this.onVector[vector]!);
   }
 
   reset(): void {
@@ -182,6 +200,7 @@ export class VfioFunction implements PciFunction {
       fd.close();
     }
     this.eventfds = [];
+    this.lentVectors.clear();
     for (const m of this.mapped.splice(0)) munmap(m.address, m.size);
     for (const d of this.dmaMaps.splice(0)) {
       try {

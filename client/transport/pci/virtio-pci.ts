@@ -170,18 +170,27 @@ export class VirtioPciTransport implements VirtioTransport {
   }
 
   /**
-   * The notify register's address for the borrowing thread. Completions keep arriving here (MSI-X
-   * eventfds and INTx are watched on this thread) and run onUsed, which wakes the borrower.
+   * The notify register's address for the borrowing thread and, with MSI-X, the queue's vector
+   * eventfd: the thread then waits on its interrupts itself. Otherwise (INTx, polling) completions
+   * keep arriving here and run onUsed, which wakes the borrower.
    */
   lendQueue(index: number): QueueSignals {
     const bar = this.bar(this.caps.notify.bar);
     const offset = this.notifyOffsets.get(index);
     if (offset === undefined) throw new TransportError(`${this.description}: queue ${index} is not set up`, 'EINVAL');
     if (bar.address === undefined) throw new TransportError(`${this.description}: BAR${this.caps.notify.bar} has no address in this process`, 'EINVAL');
-    return { notifyAddress: bar.address + BigInt(this.caps.notify.offset + offset), notifyValue: index };
+    const signals: QueueSignals = { notifyAddress: bar.address + BigInt(this.caps.notify.offset + offset), notifyValue: index };
+    const callFd = this.interrupts === 'msix' ? this.fn.lendVector?.(1 + index) : undefined;
+    if (callFd !== undefined) signals.callFd = callFd;
+    return signals;
   }
 
-  reclaimQueue(_index: number): void {}
+  reclaimQueue(index: number): void {
+    if (this.interrupts !== 'msix' || !this.fn.reclaimVector) return;
+    this.fn.reclaimVector(1 + index);
+    // An interrupt the borrower did not see is not lost: look once.
+    if (!this.latch.failure) this.onUsed.get(index)?.();
+  }
 
   onFailure(callback: (error: Error) => void): void {
     this.latch.onFailure(callback);
