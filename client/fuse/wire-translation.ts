@@ -10,25 +10,34 @@ import { Opcode } from '../protocol/opcodes.ts';
 
 type Kind = 'open' | 'lock';
 
-/** A u32 field to translate, at a byte offset from the start of the opcode's argument struct. */
-const field = (kind: Kind, offset: number) => ({ kind, offset });
-const lockType = abi.fuse_lk_in.offsetOf('lk') + abi.fuse_file_lock.offsetOf('type');
+/** A u32 field to translate: its place from the start of the opcode's argument struct, and its name. */
+const field = (kind: Kind, offset: number, name: string) => ({ kind, offset, name });
+const openFlags = (s: { offsetOf(f: 'flags'): number; name: string }) => field('open', s.offsetOf('flags'), `${s.name}.flags`);
+const lockType = field('lock', abi.fuse_lk_in.offsetOf('lk') + abi.fuse_file_lock.offsetOf('type'), 'fuse_file_lock.type');
 
-const requestFields: ReadonlyMap<number, readonly { kind: Kind; offset: number }[]> = new Map([
-  [Opcode.OPEN, [field('open', abi.fuse_open_in.offsetOf('flags'))]],
-  [Opcode.OPENDIR, [field('open', abi.fuse_open_in.offsetOf('flags'))]],
-  [Opcode.CREATE, [field('open', abi.fuse_create_in.offsetOf('flags'))]],
-  [Opcode.TMPFILE, [field('open', abi.fuse_create_in.offsetOf('flags'))]],
-  [Opcode.READ, [field('open', abi.fuse_read_in.offsetOf('flags'))]],
-  [Opcode.READDIR, [field('open', abi.fuse_read_in.offsetOf('flags'))]],
-  [Opcode.READDIRPLUS, [field('open', abi.fuse_read_in.offsetOf('flags'))]],
-  [Opcode.WRITE, [field('open', abi.fuse_write_in.offsetOf('flags'))]],
-  [Opcode.RELEASE, [field('open', abi.fuse_release_in.offsetOf('flags'))]],
-  [Opcode.RELEASEDIR, [field('open', abi.fuse_release_in.offsetOf('flags'))]],
-  [Opcode.GETLK, [field('lock', lockType)]],
-  [Opcode.SETLK, [field('lock', lockType)]],
-  [Opcode.SETLKW, [field('lock', lockType)]],
+const requestFields: ReadonlyMap<number, readonly { kind: Kind; offset: number; name: string }[]> = new Map([
+  [Opcode.OPEN, [openFlags(abi.fuse_open_in)]],
+  [Opcode.OPENDIR, [openFlags(abi.fuse_open_in)]],
+  [Opcode.CREATE, [openFlags(abi.fuse_create_in)]],
+  [Opcode.TMPFILE, [openFlags(abi.fuse_create_in)]],
+  [Opcode.READ, [openFlags(abi.fuse_read_in)]],
+  [Opcode.READDIR, [openFlags(abi.fuse_read_in)]],
+  [Opcode.READDIRPLUS, [openFlags(abi.fuse_read_in)]],
+  [Opcode.WRITE, [openFlags(abi.fuse_write_in)]],
+  [Opcode.RELEASE, [openFlags(abi.fuse_release_in)]],
+  [Opcode.RELEASEDIR, [openFlags(abi.fuse_release_in)]],
+  [Opcode.GETLK, [lockType]],
+  [Opcode.SETLK, [lockType]],
+  [Opcode.SETLKW, [lockType]],
 ]);
+
+/**
+ * Every field this module rewrites, as `struct.field` (field-verdicts.ts gives each of them an
+ * architecture-dependent verdict, and a test holds the two to the same list).
+ */
+export const TRANSLATED_FIELDS: readonly string[] = [
+  ...new Set([...[...requestFields.values()].flat().map((f) => f.name), 'fuse_file_lock.type', 'fuse_out_header.error']),
+];
 
 const replyLockType = abi.fuse_lk_out.offsetOf('lk') + abi.fuse_file_lock.offsetOf('type');
 

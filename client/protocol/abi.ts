@@ -301,3 +301,46 @@ export const fuse_syncfs_in = struct('fuse_syncfs_in', { padding: 'u64' }, 8);
 /** Directory stream records; `name` (namelen bytes) follows, padded to 8. */
 export const fuse_dirent = struct('fuse_dirent', { ino: 'u64', off: 'u64', namelen: 'u32', type: 'u32' }, 24);
 export const fuse_direntplus = struct('fuse_direntplus', { entry_out: fuse_entry_out, dirent: fuse_dirent }, 152);
+
+// Structs of opcodes this client does not send (IOCTL, POLL, BMAP, DAX mappings), of the request
+// extensions, and of the notifications a server sends; declared so every wire field has a
+// verdict on its architecture dependence (field-verdicts.ts) and a layout check.
+export const fuse_ioctl_in = struct(
+  'fuse_ioctl_in',
+  { fh: 'u64', flags: 'u32', cmd: 'u32', arg: 'u64', in_size: 'u32', out_size: 'u32' },
+  32,
+);
+export const fuse_ioctl_iovec = struct('fuse_ioctl_iovec', { base: 'u64', len: 'u64' }, 16);
+export const fuse_ioctl_out = struct('fuse_ioctl_out', { result: 'i32', flags: 'u32', in_iovs: 'u32', out_iovs: 'u32' }, 16);
+export const fuse_poll_in = struct('fuse_poll_in', { fh: 'u64', kh: 'u64', flags: 'u32', events: 'u32' }, 24);
+export const fuse_poll_out = struct('fuse_poll_out', { revents: 'u32', padding: 'u32' }, 8);
+export const fuse_notify_poll_wakeup_out = struct('fuse_notify_poll_wakeup_out', { kh: 'u64' }, 8);
+export const fuse_bmap_in = struct('fuse_bmap_in', { block: 'u64', blocksize: 'u32', padding: 'u32' }, 16);
+export const fuse_bmap_out = struct('fuse_bmap_out', { block: 'u64' }, 8);
+export const fuse_setupmapping_in = struct(
+  'fuse_setupmapping_in',
+  { fh: 'u64', foffset: 'u64', len: 'u64', flags: 'u64', moffset: 'u64' },
+  40,
+);
+export const fuse_removemapping_in = struct('fuse_removemapping_in', { count: 'u32' }, 4);
+export const fuse_removemapping_one = struct('fuse_removemapping_one', { moffset: 'u64', len: 'u64' }, 16);
+/** Request extensions (FUSE_INIT_EXT): a header, then the security context or supplementary groups. */
+export const fuse_ext_header = struct('fuse_ext_header', { size: 'u32', type: 'u32' }, 8);
+export const fuse_secctx_header = struct('fuse_secctx_header', { size: 'u32', nr_secctx: 'u32' }, 8);
+export const fuse_secctx = struct('fuse_secctx', { size: 'u32', padding: 'u32' }, 8);
+/** `groups` (nr_groups u32s) follows. */
+export const fuse_supp_groups = struct('fuse_supp_groups', { nr_groups: 'u32' }, 4);
+export const fuse_notify_inval_inode_out = struct('fuse_notify_inval_inode_out', { ino: 'u64', off: 'i64', len: 'i64' }, 24);
+export const fuse_notify_inval_entry_out = struct('fuse_notify_inval_entry_out', { parent: 'u64', namelen: 'u32', flags: 'u32' }, 16);
+export const fuse_notify_delete_out = struct('fuse_notify_delete_out', { parent: 'u64', child: 'u64', namelen: 'u32', padding: 'u32' }, 24);
+export const fuse_notify_store_out = struct('fuse_notify_store_out', { nodeid: 'u64', offset: 'u64', size: 'u32', padding: 'u32' }, 24);
+export const fuse_notify_retrieve_out = struct(
+  'fuse_notify_retrieve_out',
+  { notify_unique: 'u64', nodeid: 'u64', offset: 'u64', size: 'u32', padding: 'u32' },
+  32,
+);
+export const fuse_notify_retrieve_in = struct(
+  'fuse_notify_retrieve_in',
+  { dummy1: 'u64', offset: 'u64', size: 'u32', dummy2: 'u32', dummy3: 'u64', dummy4: 'u64' },
+  40,
+);
