@@ -2,8 +2,8 @@
  * The client's architecture mode (docs/arch-negotiation.md section 4): what
  * FUSE_INIT offers, and which encoding goes on the wire once the device answered.
  */
-import { canonicalArch, resolveArch, type Architecture } from '../arch/index.ts';
-import type { ArchOffer, ArchOutcome } from '../protocol/index.ts';
+import { archByIndicator, canonicalArch, resolveArch, type Architecture } from '../arch/index.ts';
+import { Opcode, ProtocolError, type ArchOffer, type ArchOutcome } from '../protocol/index.ts';
 
 export type ArchMode =
   /** Negotiate; on a legacy device use `deviceArch` if configured, else the client's own encoding. */
@@ -32,7 +32,8 @@ export function describeArchMode(mode: ArchMode): string {
 /** What our FUSE_INIT says about architecture, or undefined for no negotiation. */
 export function archOffer(mode: ArchMode, client: Architecture): ArchOffer | undefined {
   if (mode.kind === 'native' || mode.kind === 'device-arch') return undefined;
-  return { indicator: client.indicator, offerCanonical: true };
+  // canonical mode uses x86 whatever the device answers: it offers no translation to a named encoding.
+  return { indicator: client.indicator, offerCanonical: true, offerDevice: mode.kind === 'auto' };
 }
 
 export interface WireEncoding {
@@ -42,8 +43,12 @@ export interface WireEncoding {
   reason: string;
 }
 
-/** The wire encoding after INIT, given the mode and the device's answer. */
-export function wireEncoding(mode: ArchMode, client: Architecture, outcome: ArchOutcome): WireEncoding {
+/**
+ * The wire encoding after INIT, given the mode and the device's answer (`deviceIndicator`: its
+ * fuse_init_out.arch_indicator). Outcome (d) names an encoding this client has no tables for:
+ * ProtocolError, so INIT fails with one line that says so.
+ */
+export function wireEncoding(mode: ArchMode, client: Architecture, outcome: ArchOutcome, deviceIndicator = 0): WireEncoding {
   switch (mode.kind) {
     case 'native':
       return { wire: client, reason: 'native mode: no negotiation, client encoding' };
@@ -54,6 +59,17 @@ export function wireEncoding(mode: ArchMode, client: Architecture, outcome: Arch
     case 'auto':
       if (outcome === 'device-translates') return { wire: client, reason: 'device translates from the client encoding (a)' };
       if (outcome === 'canonical') return { wire: canonicalArch, reason: 'device asked for canonical encoding (b)' };
+      if (outcome === 'device-encoding') {
+        const named = archByIndicator(deviceIndicator);
+        if (!named) {
+          throw new ProtocolError(
+            Opcode.INIT,
+            'fuse_init_out.arch_indicator',
+            `the device asks for the encoding of architecture indicator ${deviceIndicator} (FUSE_ARCH_DEVICE), which this client has no tables for`,
+          );
+        }
+        return { wire: named, reason: `device named its encoding, ${named.name}: the client translates to it (d)` };
+      }
       return mode.deviceArch
         ? { wire: mode.deviceArch, reason: `legacy device (c), configured as ${mode.deviceArch.name}` }
         : { wire: client, reason: 'legacy device (c), client encoding' };

@@ -134,7 +134,7 @@ export class FuseSession {
     const init = await bootstrap.call('INIT', 0n, { arg: initRequest(initOptions) }, {}, (r) =>
       decodeInitReply(r.view, r.bodyAt, r.bodyLen, initOptions),
     );
-    const { wire, reason } = wireEncoding(archMode, clientArch, init.arch.outcome);
+    const { wire, reason } = wireEncoding(archMode, clientArch, init.arch.outcome, init.arch.deviceIndicator);
     const session = new FuseSession(device, init, archMode, clientArch, reason, new WireTranslation(clientArch, wire, log), settings, log);
     session.uniqueCounter = bootstrap.uniqueCounter;
     return session;

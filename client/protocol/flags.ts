@@ -53,6 +53,11 @@ export const InitFlag = {
   ARCH_INDICATOR: 1n << 63n,
   /** Request: the client can send canonical (x86) encoding. Reply: the device asks for it. */
   ARCH_CANONICAL: 1n << 62n,
+  /**
+   * Outcome (d). Request: the client can translate to an encoding the device names. Reply: the
+   * device asks for the encoding named by fuse_init_out.arch_indicator (its own).
+   */
+  ARCH_DEVICE: 1n << 61n,
 } as const;
 
 /**
@@ -71,7 +76,8 @@ export const NOT_RELAYABLE =
   InitFlag.OVER_IO_URING |
   InitFlag.INIT_RESERVED |
   InitFlag.ARCH_INDICATOR |
-  InitFlag.ARCH_CANONICAL;
+  InitFlag.ARCH_CANONICAL |
+  InitFlag.ARCH_DEVICE;
 
 /** Names of the set bits of a 64-bit INIT flag set, unknown bits as 'bit<N>'. */
 export function initFlagNames(flags: bigint): string[] {

@@ -22,6 +22,8 @@ export interface ArchOffer {
   indicator: number;
   /** Whether the client can switch to canonical (x86) encoding if the device asks. */
   offerCanonical: boolean;
+  /** Whether the client can translate to the encoding the device names (outcome d). */
+  offerDevice?: boolean;
 }
 
 export interface InitRequestOptions {
@@ -40,6 +42,7 @@ export function initRequest(opts: InitRequestOptions): InitIn {
   if (opts.arch) {
     flags |= InitFlag.ARCH_INDICATOR;
     if (opts.arch.offerCanonical) flags |= InitFlag.ARCH_CANONICAL;
+    if (opts.arch.offerDevice) flags |= InitFlag.ARCH_DEVICE;
   }
   return {
     major: FUSE_KERNEL_VERSION,
@@ -66,7 +69,8 @@ export function decodeInitRequest(view: DataView, at: number, length: number): I
 }
 
 /** (a), (b) and (c) of the negotiation spec. */
-export type ArchOutcome = 'device-translates' | 'canonical' | 'legacy';
+/** (a) device-translates, (b) canonical, (c) legacy, (d) device-encoding: the client translates to the device's named encoding. */
+export type ArchOutcome = 'device-translates' | 'canonical' | 'legacy' | 'device-encoding';
 
 export interface InitResult {
   major: number;
@@ -125,11 +129,19 @@ export function decodeInitReply(view: DataView, at: number, bodyLen: number, sen
   if (sent.arch && ext) {
     const translates = (granted & InitFlag.ARCH_INDICATOR) !== 0n;
     const canonical = (granted & InitFlag.ARCH_CANONICAL) !== 0n;
-    if (translates && canonical) throw fail('flags2', 'device set both FUSE_ARCH_INDICATOR and FUSE_ARCH_CANONICAL');
+    const named = (granted & InitFlag.ARCH_DEVICE) !== 0n;
+    const answers = [translates && 'FUSE_ARCH_INDICATOR', canonical && 'FUSE_ARCH_CANONICAL', named && 'FUSE_ARCH_DEVICE'].filter(Boolean);
+    if (answers.length > 1) throw fail('flags2', `device set ${answers.join(' and ')}: one answer at most`);
     if (canonical && !sent.arch.offerCanonical) {
       throw fail('flags2', 'device asked for canonical encoding, which the client did not offer');
     }
-    outcome = translates ? 'device-translates' : canonical ? 'canonical' : 'legacy';
+    if (named && !sent.arch.offerDevice) {
+      throw fail('flags2', 'device asked the client to translate to its encoding (FUSE_ARCH_DEVICE), which the client did not offer');
+    }
+    if (named && out.arch_indicator === 0) {
+      throw fail('arch_indicator', 'device set FUSE_ARCH_DEVICE but names no architecture (FUSE_ARCH_NONE)');
+    }
+    outcome = translates ? 'device-translates' : canonical ? 'canonical' : named ? 'device-encoding' : 'legacy';
   }
 
   const maxPages = (flags & InitFlag.MAX_PAGES) !== 0n

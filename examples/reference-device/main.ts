@@ -22,7 +22,7 @@ import { Listener } from './listener.ts';
 import { ARCH_ANSWERS, type ArchAnswer } from './negotiation.ts';
 import { VhostUserBackend } from './vhost-user-backend.ts';
 
-const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<socket> [--arch <name>] [--answer translate|canonical|legacy] [--queues <n>] [--trace]
+const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<socket> [--arch <name>] [--answer translate|canonical|legacy|device] [--queues <n>] [--trace]
 
   --socket   where to listen for the vhost-user frontend
   --backend  the real device to relay to (a running virtiofsd)
@@ -32,6 +32,7 @@ const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<soc
                translate  (a) accept its encoding and translate to --arch (default)
                canonical  (b) ask for x86 encoding (if offered) and translate x86 -> --arch
                legacy     (c) answer nothing: values pass through as they come
+               device     (d) name --arch and ask the client to translate to it
   --queues   request queues to offer (default 1)
   --trace    log every request and reply, decoded`;
 

@@ -25,8 +25,8 @@ import {
 import type { Fill } from '../../ffi/struct.ts';
 
 /** What the device answers to a client that sends FUSE_ARCH_INDICATOR (the --answer option). */
-export type ArchAnswer = 'translate' | 'canonical' | 'legacy';
-export const ARCH_ANSWERS: readonly ArchAnswer[] = ['translate', 'canonical', 'legacy'];
+export type ArchAnswer = 'translate' | 'canonical' | 'legacy' | 'device';
+export const ARCH_ANSWERS: readonly ArchAnswer[] = ['translate', 'canonical', 'legacy', 'device'];
 
 /** flags2 (FUSE_INIT_EXT) exists from 7.36: below that the answer bits cannot be carried. */
 const INIT_EXT_MINOR = 36;
@@ -57,7 +57,7 @@ export function readClientInit(view: DataView, at: number, length: number): Clie
 export interface ArchDecision {
   /** As the client will read our reply. */
   outcome: ArchOutcome;
-  /** FUSE_ARCH_INDICATOR or FUSE_ARCH_CANONICAL for the reply's flags2, or 0n. */
+  /** FUSE_ARCH_INDICATOR, FUSE_ARCH_CANONICAL or FUSE_ARCH_DEVICE for the reply's flags2, or 0n. */
   replyFlags: bigint;
   /** The encoding the client's values arrive in, as far as the device is concerned. */
   wire: Architecture;
@@ -102,6 +102,17 @@ export function decideArch(answer: ArchAnswer, client: ClientInit, own: Architec
         replyFlags: InitFlag.ARCH_CANONICAL,
         wire: canonicalArch,
         reason: `client is ${clientArch.name}: device asks for canonical encoding (b), ${canonicalArch.name} -> ${own.name}`,
+      };
+    case 'device':
+      // The device decodes only its own encoding and says which: the client translates to it.
+      if (!(client.flags & InitFlag.ARCH_DEVICE)) {
+        return legacy(`client is ${clientArch.name} but did not offer to translate to a named encoding: answering legacy (c), values pass through`);
+      }
+      return {
+        outcome: 'device-encoding',
+        replyFlags: InitFlag.ARCH_DEVICE,
+        wire: own,
+        reason: `client is ${clientArch.name}: device names its own encoding (d), the client translates ${clientArch.name} -> ${own.name}`,
       };
     case 'legacy':
       return legacy(`client is ${clientArch.name}; device configured to answer legacy (c): values pass through`);

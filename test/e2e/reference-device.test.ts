@@ -3,7 +3,7 @@
 // negotiation, checked by what a mips client gets back; its exit when the
 // frontend hangs up; and its ring code against malformed chains.
 import test, { type ExecutionContext } from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -119,6 +119,12 @@ async function withReferenceDevice(
   }
 }
 
+/** The answers by which a device of another architecture gets correct values: (a) it translates, (d) the client does. */
+const ANSWERS_THAT_TRANSLATE = [
+  ['translate', 'device-translates', '(a)'],
+  ['device', 'device-encoding', '(d)'],
+] as const;
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 test('--queues 2 through a mount: the relay runs one thread per request queue, each with its own /dev/fuse clone, and the kernel\'s requests reach both', async (t) => {
@@ -154,6 +160,63 @@ test('--queues 2 through a mount: the relay runs one thread per request queue, e
     await daemon.stop();
     for (const d of [dir, sockets, mnt]) rmSync(d, { recursive: true, force: true });
   }
+});
+
+const cli = (...args: string[]) => spawnSync(process.execPath, ['bin/virtiofs-client.js', ...args], { encoding: 'utf8', timeout: 120_000 });
+
+/** A foreign virtiofsd on a fresh directory with the reference device answering (d) in front of it; `fn` gets the device's socket. */
+async function withDeviceAnsweringD(arch: ForeignArch, fn: (socket: string, dir: string) => Promise<void> | void): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), `vfs-refdev-d-${arch}-`));
+  const sockets = mkdtempSync(join(tmpdir(), 'vfs-refdev-d-sock-'));
+  const daemon = await Virtiofsd.start({ sharedDir: dir, ...(await foreign(arch, { allowDirectIo: true })) });
+  let device: DeviceProcess | undefined;
+  try {
+    device = await startDevice(daemon.socketPath, join(sockets, 'device.sock'), ['--arch', foreignArchName[arch], '--answer', 'device']);
+    await fn(device.socket, dir);
+    await Promise.race([device.exited, sleep(10_000)]);
+  } finally {
+    if (device && device.child.exitCode === null && device.child.signalCode === null) device.child.kill('SIGKILL');
+    await daemon.stop();
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(sockets, { recursive: true, force: true });
+  }
+}
+
+for (const arch of ['arm64', 'mips64el'] as const) {
+  test(`outcome (d): ${arch} virtiofsd behind a device that names its encoding: an unconfigured x86 client passes check`, async (t) => {
+    if (!requireRoot(t)) return;
+    t.timeout(180_000);
+    await withDeviceAnsweringD(arch, (socket) => {
+      const r = cli('check', `vhost-user:${socket}`, '--json');
+      const report = JSON.parse(r.stdout) as { ok: boolean; wireArch: string; results: { check: string; verdict: string }[]; negotiation?: string[] };
+      t.is(report.wireArch, foreignArchName[arch], 'the client translates to the encoding the device named');
+      t.deepEqual(report.results.filter((x) => x.verdict === 'fail'), []);
+      t.is(r.status, 0, r.stderr);
+    });
+  });
+}
+
+test('outcome (d) mounted: dd oflag=direct through an unconfigured x86 mount reaches the arm64 virtiofsd byte-exact', async (t) => {
+  if (!requireRoot(t)) return;
+  t.timeout(180_000);
+  await withDeviceAnsweringD('arm64', (socket, dir) => {
+    const mnt = mkdtempSync(join(tmpdir(), 'vfs-refdev-d-mnt-'));
+    try {
+      const m = cli('mount', '--transport', `vhost-user:${socket}`, mnt);
+      t.is(m.status, 0, m.stderr);
+      const status = cli('status', mnt);
+      t.regex(status.stdout, /device answer device-encoding/);
+      t.regex(status.stdout, /wire encoding arm64: device named its encoding, arm64: the client translates to it \(d\)/);
+      const dd = spawnSync('sh', ['-c', `head -c 1048576 /dev/urandom > ${mnt}.src && dd if=${mnt}.src of=${mnt}/direct.bin bs=64k oflag=direct status=none`], { encoding: 'utf8' });
+      t.is(dd.status, 0, dd.stderr);
+      t.true(readFileSync(join(dir, 'direct.bin')).equals(readFileSync(`${mnt}.src`)));
+      t.is(cli('unmount', mnt).status, 0);
+    } finally {
+      cli('unmount', mnt);
+      rmSync(`${mnt}.src`, { force: true });
+      rmSync(mnt, { recursive: true, force: true });
+    }
+  });
 });
 
 /** Runs `command` under sh with `input` on stdin; resolves with its stdout, rejects on failure. */
@@ -328,11 +391,13 @@ async function foreign(arch: ForeignArch, extra: Partial<VirtiofsdOptions> = {})
   return { launcher, binary, sandbox: FOREIGN_SANDBOX, startTimeoutMs: 30_000, ...extra };
 }
 
-test('arm64 virtiofsd behind an arm64 device: an x86 client in auto mode gets (a), and O_DIRECT open/write works', async (t) => {
+for (const [answer, outcome, label] of ANSWERS_THAT_TRANSLATE) {
+test(`arm64 virtiofsd behind an arm64 device answering ${answer}: an x86 client in auto mode gets ${label}, and O_DIRECT open/write works`, async (t) => {
   if (!requireRoot(t)) return;
   const virtiofsd = await foreign('arm64', { allowDirectIo: true });
-  await withReferenceDevice(t, { device: ['--arch', foreignArchName.arm64, '--answer', 'translate'], virtiofsd }, async ({ client, dir }) => {
-    t.is(client.session.init.arch.outcome, 'device-translates');
+  await withReferenceDevice(t, { device: ['--arch', foreignArchName.arm64, '--answer', answer], virtiofsd }, async ({ client, dir }) => {
+    t.is(client.session.init.arch.outcome, outcome);
+    t.is(client.session.wireArch.name, outcome === 'device-encoding' ? 'arm64' : 'x86_64', 'who translates: the client in (d), the device in (a)');
     t.is(client.session.init.arch.deviceIndicator, resolveArch('arm64').indicator);
     // x86 O_DIRECT (040000) is arm64 O_DIRECTORY: untranslated, this create would fail with ENOTDIR.
     const direct = fsc.O_RDWR | fsc.O_DIRECT;
@@ -347,6 +412,7 @@ test('arm64 virtiofsd behind an arm64 device: an x86 client in auto mode gets (a
     t.true(readFileSync(join(dir, 'direct')).equals(block));
   });
 });
+}
 
 test('arm64 virtiofsd behind a device answering legacy: the same x86 O_DIRECT create reaches it as O_DIRECTORY and fails', async (t) => {
   if (!requireRoot(t)) return;
@@ -359,11 +425,12 @@ test('arm64 virtiofsd behind a device answering legacy: the same x86 O_DIRECT cr
   });
 });
 
-test('mips64el virtiofsd behind a mips64 device: an x86 client in auto mode gets (a), and rmdir of a non-empty dir says ENOTEMPTY', async (t) => {
+for (const [answer, outcome, label] of ANSWERS_THAT_TRANSLATE) {
+test(`mips64el virtiofsd behind a mips64 device answering ${answer}: an x86 client in auto mode gets ${label}, and rmdir of a non-empty dir says ENOTEMPTY`, async (t) => {
   if (!requireRoot(t)) return;
   const virtiofsd = await foreign('mips64el');
-  await withReferenceDevice(t, { device: ['--arch', foreignArchName.mips64el, '--answer', 'translate'], virtiofsd }, async ({ client, dir }) => {
-    t.is(client.session.init.arch.outcome, 'device-translates');
+  await withReferenceDevice(t, { device: ['--arch', foreignArchName.mips64el, '--answer', answer], virtiofsd }, async ({ client, dir }) => {
+    t.is(client.session.init.arch.outcome, outcome);
     t.is(client.session.init.arch.deviceIndicator, mips.indicator);
     mkdirSync(join(dir, 'full'));
     writeFileSync(join(dir, 'full', 'f'), 'y');
@@ -374,6 +441,7 @@ test('mips64el virtiofsd behind a mips64 device: an x86 client in auto mode gets
     t.is((error as NodeJS.ErrnoException).errno, X86_ENOTEMPTY);
   });
 });
+}
 
 // --- the device's ring code against a broken frontend (in process, no root) ----------------------
 

@@ -10,6 +10,8 @@ import {
   initRequest,
   type InitRequestOptions,
 } from '../../client/protocol/index.ts';
+import { resolveArch } from '../../client/arch/index.ts';
+import { archOffer, wireEncoding } from '../../client/fuse/arch-mode.ts';
 
 const ARM64 = 2;
 const X86 = 1;
@@ -82,7 +84,7 @@ test('arch bits the client did not ask about are ignored', (t) => {
 
 test('contradictory or unrequested answers are protocol errors', (t) => {
   const [both, len] = deviceReply(45, InitFlag.INIT_EXT | InitFlag.ARCH_INDICATOR | InitFlag.ARCH_CANONICAL);
-  t.throws(() => decodeInitReply(both, 0, len, asked), { instanceOf: ProtocolError, message: /fuse_init_out.flags2: device set both/ });
+  t.throws(() => decodeInitReply(both, 0, len, asked), { instanceOf: ProtocolError, message: /fuse_init_out.flags2: device set FUSE_ARCH_INDICATOR and FUSE_ARCH_CANONICAL/ });
   const [canon] = deviceReply(45, InitFlag.INIT_EXT | InitFlag.ARCH_CANONICAL);
   t.throws(() => decodeInitReply(canon, 0, len, { ...asked, arch: { indicator: ARM64, offerCanonical: false } }), {
     message: /did not offer/,
@@ -136,4 +138,57 @@ test('the legacy 16-byte fuse_init_in and the 64-byte one are both read', (t) =>
   t.is(r16.arch_indicator, 0);
   t.is(r16.allFlags >> 32n, 0n, 'flags2 does not exist in the 16-byte form');
   t.throws(() => decodeInitRequest(new DataView(full.buffer), 0, 40), { message: /40 bytes; expected 16 or 64/ });
+});
+
+test('(d) the device names its encoding and the client translates to it', (t) => {
+  const offering = { ...asked, arch: { indicator: X86, offerCanonical: true, offerDevice: true } };
+  t.is((initRequest(offering).flags2 >>> 29) & 1, 1, 'FUSE_ARCH_DEVICE is flags2 bit 29');
+  t.is((initRequest(asked).flags2 >>> 29) & 1, 0, 'and is set only when offered');
+  const [view, len] = deviceReply(45, InitFlag.INIT_EXT | InitFlag.ARCH_DEVICE, { arch_indicator: ARM64 });
+  t.deepEqual(decodeInitReply(view, 0, len, offering).arch, { outcome: 'device-encoding', deviceIndicator: ARM64 });
+  const [none] = deviceReply(45, InitFlag.INIT_EXT | InitFlag.ARCH_DEVICE, { arch_indicator: 0 });
+  t.throws(() => decodeInitReply(none, 0, len, offering), { instanceOf: ProtocolError, message: /fuse_init_out.arch_indicator: device set FUSE_ARCH_DEVICE but names no architecture/ });
+  t.throws(() => decodeInitReply(view, 0, len, asked), { instanceOf: ProtocolError, message: /FUSE_ARCH_DEVICE\), which the client did not offer/ });
+});
+
+test('every combination of the three answer bits against every offer: one outcome, or one error naming flags2', (t) => {
+  const bits = [InitFlag.ARCH_INDICATOR, InitFlag.ARCH_CANONICAL, InitFlag.ARCH_DEVICE];
+  const rows: string[] = [];
+  for (const offerCanonical of [false, true]) {
+    for (const offerDevice of [false, true]) {
+      const sent = { ...asked, arch: { indicator: X86, offerCanonical, offerDevice } };
+      for (let mask = 0; mask < 8; mask++) {
+        const answer = bits.reduce((f, bit, i) => (mask & (1 << i) ? f | bit : f), InitFlag.INIT_EXT);
+        const [view, len] = deviceReply(45, answer, { arch_indicator: ARM64 });
+        let got: string;
+        try {
+          got = decodeInitReply(view, 0, len, sent).arch.outcome;
+        } catch (e) {
+          t.true(e instanceof ProtocolError && /^INIT: fuse_init_out.flags2: /.test(e.message), (e as Error).message);
+          got = 'error';
+        }
+        const set = [1, 2, 4].filter((b) => mask & b).length;
+        const expected =
+          set > 1 ? 'error'
+          : mask === 0 ? 'legacy'
+          : mask === 1 ? 'device-translates'
+          : mask === 2 ? (offerCanonical ? 'canonical' : 'error')
+          : offerDevice ? 'device-encoding' : 'error';
+        rows.push(`${offerCanonical ? 'C' : '-'}${offerDevice ? 'D' : '-'} answer ${mask}: ${got}`);
+        t.is(got, expected, `offer canonical ${offerCanonical}, device ${offerDevice}, answer bits ${mask}`);
+      }
+    }
+  }
+  t.is(rows.length, 32);
+});
+
+test('(d) on the client: auto mode offers it and translates to the named encoding; an indicator without tables fails INIT in one line', (t) => {
+  const x86 = resolveArch('x86_64');
+  t.like(archOffer({ kind: 'auto' }, x86), { indicator: X86, offerCanonical: true, offerDevice: true });
+  t.like(archOffer({ kind: 'canonical' }, x86), { offerDevice: false }, 'canonical mode uses x86 whatever the device says');
+  const named = wireEncoding({ kind: 'auto' }, x86, 'device-encoding', ARM64);
+  t.is(named.wire.name, 'arm64');
+  t.regex(named.reason, /\(d\)/);
+  const error = t.throws(() => wireEncoding({ kind: 'auto' }, x86, 'device-encoding', 99), { instanceOf: ProtocolError })!;
+  t.is(error.message, 'INIT: fuse_init_out.arch_indicator: the device asks for the encoding of architecture indicator 99 (FUSE_ARCH_DEVICE), which this client has no tables for');
 });
