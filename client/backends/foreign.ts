@@ -96,3 +96,43 @@ function build(arch: ForeignArch): Promise<ForeignVirtiofsd> {
     });
   });
 }
+
+/**
+ * A big-endian virtio-fs device: Debian trixie's Rust virtiofsd for s390x
+ * under qemu-s390x-static, built by scripts/foreign/build-s390x.sh into
+ * node_modules/.cache/virtiofs-foreign/s390x/ (about 6 s the first time, a
+ * few ms after that). Its launcher is a small script that runs the binary
+ * through the sysroot's loader with --seccomp=none. Not one of foreignArches:
+ * this client cannot talk to it (vhost-user is in the host's byte order, and
+ * virtiofsd reads FUSE headers in its own), so it serves experiments only.
+ *
+ *   const daemon = await Virtiofsd.start({ sharedDir, ...(await s390xVirtiofsd()), sandbox: FOREIGN_SANDBOX });
+ */
+export const S390X_BUILD_SCRIPT = join(repo, 'scripts', 'foreign', 'build-s390x.sh');
+
+let s390x: Promise<ForeignVirtiofsd & { flavor: 'rust' }> | undefined;
+
+export function s390xVirtiofsd(): Promise<ForeignVirtiofsd & { flavor: 'rust' }> {
+  s390x ??= new Promise((resolve, reject) => {
+    execFile('bash', [S390X_BUILD_SCRIPT], { maxBuffer: 16 * 1024 * 1024, timeout: 15 * 60_000 }, (error, stdout, stderr) => {
+      if (error) {
+        const tail = stderr.trim().split('\n').slice(-15).join('\n');
+        reject(Object.assign(new Error(`building the s390x virtiofsd failed (bash ${S390X_BUILD_SCRIPT}):\n${tail}`), { cause: error }));
+        return;
+      }
+      try {
+        const manifest = stdout.trim().split('\n').pop()!;
+        const parsed = JSON.parse(readFileSync(manifest, 'utf8')) as { arch?: unknown; flavor?: unknown; launcher?: unknown; binary?: unknown };
+        const { launcher, binary } = parsed;
+        if (parsed.arch !== 's390x' || parsed.flavor !== 'rust' || !Array.isArray(launcher) || !launcher.every((s) => typeof s === 'string') || typeof binary !== 'string') {
+          throw new Error(`${manifest} is not a launch manifest for the s390x Rust virtiofsd`);
+        }
+        resolve({ flavor: 'rust', launcher: [...launcher], binary });
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
+  s390x.catch(() => (s390x = undefined));
+  return s390x;
+}

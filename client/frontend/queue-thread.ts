@@ -84,6 +84,8 @@ export interface QueueThreadSetup {
    * 0: sleep at once. (QEMU's iothreads do the same with poll-max-ns.)
    */
   pollUs: number;
+  /** Request threads of the mount: with several, one that waits on the device leaves new requests to the others. */
+  requestThreads: number;
   trace: boolean;
   /** How long a finishing thread waits for the device to return what is in flight. */
   finishTimeoutMs: number;
@@ -253,10 +255,16 @@ export class QueueThread {
     const budget = this.setup.pollUs;
     if (budget <= 0) return -1;
     const end = performance.now() + budget / 1000;
+    // With other request threads, poll only for completions: a new request then wakes a thread
+    // asleep in epoll_wait (EPOLLEXCLUSIVE passes over a busy one), so the kernel's requests spread
+    // over the queues instead of piling onto whichever thread polls.
+    const alone = this.setup.requestThreads <= 1;
     do {
       if (this.inFlight > 0 && this.queue.hasUsed()) return 0;
-      const n = epollWait(this.epfd, this.events, 0);
-      if (n > 0) return n;
+      if (alone) {
+        const n = epollWait(this.epfd, this.events, 0);
+        if (n > 0) return n;
+      }
     } while (performance.now() < end);
     return -1;
   }

@@ -233,6 +233,7 @@ export class FuseRelay {
         wireArch: translation.wire.name,
         busyPoll: this.options.busyPoll ?? false,
         pollUs: role === 'hiprio' ? 0 : (this.options.pollUs ?? DEFAULT_POLL_US),
+        requestThreads: requestQueues,
         trace: this.options.trace !== undefined,
         finishTimeoutMs: FINISH_TIMEOUT_MS,
       };
