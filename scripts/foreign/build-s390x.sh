@@ -198,17 +198,27 @@ fetch_extract() {
   declare -A want=()
   while read -r pkg ver; do want[$pkg]=$ver; done < <(papt_cache policy "${@/%/:$arch}" 2>/dev/null |
     awk '/^[^ ].*:$/ { p = $1; sub(/:.*/, "", p) } $1 == "Candidate:" { print p, $2 }')
+  local alt
   for pkg in "$@"; do
     ver=${want[$pkg]:-}
     [[ -n $ver && $ver != "(none)" ]] || die "$suite has no $pkg:$arch"
     compgen -G "$debs/${pkg}_${ver//:/%3a}_$arch.deb" >/dev/null ||
-      compgen -G "$debs/${pkg}_${ver//:/%3a}_all.deb" >/dev/null || get+=("$pkg:$arch=$ver")
+      compgen -G "$debs/${pkg}_${ver//:/%3a}_all.deb" >/dev/null && continue
+    # A rebuild from the cache: the $fallback version an earlier run had to take is still here.
+    alt=$(papt_cache madison "$pkg:$arch" | awk -F'|' -v s=" $fallback/" 'index($3, s) { gsub(/ /, "", $2); print $2; exit }')
+    if [[ -n $alt ]] && compgen -G "$debs/${pkg}_${alt//:/%3a}_$arch.deb" >/dev/null; then
+      say "$pkg:$arch: using the $fallback version $alt already downloaded (an earlier run found no ${want[$pkg]} on $mirror)"
+      want[$pkg]=$alt
+      fallbacks+=("$pkg=$alt")
+      continue
+    fi
+    get+=("$pkg:$arch=$ver")
   done
   if (( ${#get[@]} )); then
     # apt-get download keeps what it could fetch when another package fails: retry only the rest.
     (cd "$debs" && papt_get download -qq "${get[@]}" >&2) ||
       { apt_update "the download of ${get[*]} failed" && (cd "$debs" && papt_get download -qq "${get[@]}" >&2); } || {
-      local still=() alt
+      local still=()
       for pkg in "$@"; do
         compgen -G "$debs/${pkg}_${want[$pkg]//:/%3a}_$arch.deb" >/dev/null ||
           compgen -G "$debs/${pkg}_${want[$pkg]//:/%3a}_all.deb" >/dev/null || still+=("$pkg")
