@@ -44,6 +44,14 @@ export function checkReplyHeader(opcode: number, view: DataView, at: number, ava
   const len = view.getUint32(at + OUT_LEN, true);
   const error = view.getInt32(at + OUT_ERROR, true);
   if (len < abi.fuse_out_header.size || len > available) {
+    if (view.getUint32(at + OUT_LEN, false) === available) {
+      // Measured: Debian's s390x virtiofsd reads and writes FUSE headers in its own byte order.
+      throw new ProtocolError(
+        opcode,
+        'fuse_out_header.len',
+        `len ${len} is ${available} byte-swapped, exactly what arrived: the device answered byte-swapped, it reads this session in the other byte order (virtio-fs: the driver's; a big-endian device that uses its own)`,
+      );
+    }
     throw new ProtocolError(opcode, 'fuse_out_header.len', `len ${len} but ${available} bytes arrived`);
   }
   if (error > 0 || error < -MAX_ERRNO) {

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FOREIGN_SANDBOX, foreignArchName, foreignVirtiofsd, type ForeignArch } from '../../client/backends/foreign.ts';
+import { FOREIGN_SANDBOX, foreignArchName, foreignVirtiofsd, s390xVirtiofsd, type ForeignArch } from '../../client/backends/foreign.ts';
 import { Virtiofsd } from '../../client/backends/virtiofsd.ts';
 import { controlSocketPath, logPath } from '../../client/frontend/control.ts';
 import { requireRoot } from '../helpers/virtiofsd.ts';
@@ -102,5 +102,35 @@ test('arm64 device mounted: dd oflag=direct fails natively and works byte-exact 
         rmSync(controlSocketPath(mnt), { force: true });
       }
     });
+  }
+});
+
+test('s390x (big-endian) device: check and mount say in one line that it speaks the other byte order', async (t) => {
+  if (!requireRoot(t)) return;
+  t.timeout(180_000);
+  const dir = mkdtempSync(join(tmpdir(), 'vfs-s390x-'));
+  const mnt = mkdtempSync(join(tmpdir(), 'vfs-s390x-mnt-'));
+  try {
+    const { launcher, binary } = await s390xVirtiofsd();
+    for (const command of ['check', 'mount'] as const) {
+      // The device serves one connection and exits after the first message: one per command.
+      const d = await Virtiofsd.start({ sharedDir: dir, launcher, binary, sandbox: FOREIGN_SANDBOX, startTimeoutMs: 30_000 });
+      try {
+        const r = command === 'check' ? cli('check', `vhost-user:${d.socketPath}`) : cli('mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
+        t.not(r.status, 0);
+        const lines = r.stderr.trim().split('\n').filter(Boolean);
+        t.log(`${command}: ${lines.join(' | ')}`);
+        t.is(lines.length, 1, r.stderr);
+        t.regex(lines[0]!, /GET_FEATURES: .*peer closed the connection.*a backend of the other byte order/);
+      } finally {
+        await d.stop();
+      }
+    }
+  } finally {
+    cli('unmount', mnt);
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(mnt, { recursive: true, force: true });
+    rmSync(logPath(mnt), { force: true });
+    rmSync(controlSocketPath(mnt), { force: true });
   }
 });

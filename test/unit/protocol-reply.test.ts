@@ -36,6 +36,17 @@ test('short header, len past what arrived, len below 16', (t) => {
   t.throws(() => readReplyHeader(Opcode.GETATTR, reply(0, 1n, new Uint8Array(0), 8), 0, 16), protocolError(/fuse_out_header.len: len 8/));
 });
 
+test('a reply in the other byte order is named so (what Debian\'s s390x virtiofsd sends: ENOMEM, 16 bytes, big-endian)', (t) => {
+  // The bytes measured through a big-endian vhost-user relay: len 16, error -12, unique 2, all big-endian.
+  const bytes = Uint8Array.from([0, 0, 0, 0x10, 0xff, 0xff, 0xff, 0xf4, 0, 0, 0, 0, 0, 0, 0, 2]);
+  t.throws(
+    () => readReplyHeader(Opcode.INIT, new DataView(bytes.buffer), 0, 16),
+    protocolError(/^INIT: fuse_out_header.len: len 268435456 is 16 byte-swapped, exactly what arrived: the device answered byte-swapped/),
+  );
+  // A len that is merely wrong is not called byte-swapped.
+  t.throws(() => readReplyHeader(Opcode.GETATTR, reply(0, 1n, new Uint8Array(8), 40), 0, 24), protocolError(/len 40 but 24 bytes arrived$/));
+});
+
 test('error must be a negative errno and carry no body', (t) => {
   t.throws(() => readReplyHeader(Opcode.LOOKUP, reply(5, 1n), 0, 16), protocolError(/fuse_out_header.error: error 5/));
   t.throws(() => readReplyHeader(Opcode.LOOKUP, reply(-5000, 1n), 0, 16), protocolError(/error -5000/));
