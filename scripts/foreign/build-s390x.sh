@@ -83,43 +83,7 @@ done
 # --- the machine's Debian mirror (its entry for its own release; $VIRTIOFS_RUST_MIRROR overrides) ---
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 [[ -n $codename ]] || die "/etc/os-release names no VERSION_CODENAME"
-machine_mirror() {
-  local f
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-    [[ -f $f ]] || continue
-    if [[ $f == *.sources ]]; then
-      awk -v want="$codename" '
-        function flush() {
-          if (types ~ /(^| )deb( |$)/ && tolower(enabled) != "no" && (" " suites " ") ~ (" " want " ") && uris != "") {
-            split(uris, u, " "); print u[1] "\t" signed; found = 1; exit
-          }
-          types = uris = suites = signed = enabled = ""
-        }
-        /^[ \t]*#/ { next }
-        /^[ \t]*$/ { flush(); next }
-        /^[A-Za-z-]+:/ {
-          key = tolower($1); sub(/:$/, "", key); val = $0; sub(/^[^:]*:[ \t]*/, "", val)
-          if (key == "types") types = val; else if (key == "uris") uris = val
-          else if (key == "suites") suites = val; else if (key == "enabled") enabled = val
-          else if (key == "signed-by" && val ~ /^\//) signed = val
-        }
-        END { if (!found) flush() }' "$f"
-    else
-      awk -v want="$codename" '
-        $1 == "deb" {
-          signed = ""; i = 2
-          if ($2 ~ /^\[/) {
-            for (; i <= NF; i++) {
-              o = $i; gsub(/[][]/, "", o)
-              if (o ~ /^signed-by=\//) { signed = o; sub(/^signed-by=/, "", signed) }
-              if ($i ~ /\]$/) { i++; break }
-            }
-          }
-          if ($(i + 1) == want) { print $i "\t" signed; exit }
-        }' "$f"
-    fi
-  done
-}
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/machine-mirror.sh"
 entry=$(machine_mirror | sed -n 1p)
 mirror=${VIRTIOFS_RUST_MIRROR:-${entry%%$'\t'*}}
 mirror=${mirror%/}
