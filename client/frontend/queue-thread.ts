@@ -40,7 +40,7 @@ import {
   writevFrom,
 } from '../../ffi/libc.ts';
 import { EngineFailure, READLINK_MAX, ReplySpace, RequestEngine, isRelayable } from '../fuse/engine.ts';
-import { DATA_AT, REPLY_AT, REQUEST_ROOM } from '../fuse/slot-layout.ts';
+import { DATA_AT, REPLY_AT, REQUEST_ROOM, WRITE_HEAD } from '../fuse/slot-layout.ts';
 import { WireTranslation } from '../fuse/wire-translation.ts';
 import { Opcode, fuse_in_header, fuse_out_header, opcodeName } from '../protocol/index.ts';
 import type { QueueLoan } from '../virtio/virtio-fs-device.ts';
@@ -49,8 +49,6 @@ import { ForgetMailbox } from './forget-mailbox.ts';
 import { OpStats } from './op-stats.ts';
 import { describeReply, describeRequest } from './trace.ts';
 
-/** The first read segment: fuse_in_header + fuse_write_in; a WRITE's data then lands page-aligned at DATA_AT. */
-export const HEAD = fuse_in_header.size + 40;
 
 /** Words of QueueThreadSetup.control. */
 export const CONTROL_STOP = 0;
@@ -194,7 +192,7 @@ export class QueueThread {
       this.slotBase.push(offset);
       const address = loan.region.userAddress + BigInt(offset);
       const read = new IovecArray(2);
-      read.set(0, address, HEAD);
+      read.set(0, address, WRITE_HEAD);
       read.set(1, address + BigInt(DATA_AT), loan.dataRoom);
       this.readIov.push(read);
       const reply = new IovecArray(2);
@@ -352,7 +350,7 @@ export class QueueThread {
       return this.finish(s, false);
     }
     if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET) {
-      const ok = this.mailbox.put(bytes, Math.min(n, HEAD), this.slotData[s]!, n > HEAD ? n - HEAD : 0);
+      const ok = this.mailbox.put(bytes, Math.min(n, WRITE_HEAD), this.slotData[s]!, n > WRITE_HEAD ? n - WRITE_HEAD : 0);
       if (!ok) this.post({ kind: 'log', line: `${opcodeName(opcode)}: the hiprio queue took nothing for 2 s; dropped` });
       return this.finish(s, !ok);
     }
@@ -360,10 +358,10 @@ export class QueueThread {
       const space = this.engine.replySpace(opcode, view, fuse_in_header.size, READLINK_MAX, this.spaces[s]);
       // A reply with data needs the data area: move a request's spill-over (names) up behind its head.
       const r = this.readable;
-      if (n <= HEAD) setSegments(r, 0, n, 0, 0);
-      else if (space.room.data === 0) setSegments(r, 0, HEAD, DATA_AT, n - HEAD);
+      if (n <= WRITE_HEAD) setSegments(r, 0, n, 0, 0);
+      else if (space.room.data === 0) setSegments(r, 0, WRITE_HEAD, DATA_AT, n - WRITE_HEAD);
       else if (n <= REQUEST_ROOM) {
-        bytes.copyWithin(HEAD, DATA_AT, DATA_AT + n - HEAD);
+        bytes.copyWithin(WRITE_HEAD, DATA_AT, DATA_AT + n - WRITE_HEAD);
         setSegments(r, 0, n, 0, 0);
       } else {
         throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${n} bytes leaves no room for its reply's data`);

@@ -18,7 +18,7 @@ import { readv, writev } from '../../ffi/libc.ts';
 import { sharedPoller } from '../../ffi/poller.ts';
 import { startThread } from '../../ffi/thread.ts';
 import { FuseSession, type SessionOptions } from '../fuse/session.ts';
-import { DATA_AT } from '../fuse/slot-layout.ts';
+import { DATA_AT, WRITE_HEAD } from '../fuse/slot-layout.ts';
 import {
   FUSE_KERNEL_VERSION,
   InitFlag,
@@ -36,7 +36,7 @@ import { DEFAULT_POLL_US, HIPRIO_QUEUE, VirtioFsDevice, type DeviceOptions, type
 import { ForgetMailbox } from './forget-mailbox.ts';
 import { FuseMount } from './fuse-mount.ts';
 import { OpStats, type OpcodeSummary, type PhaseSummary } from './op-stats.ts';
-import { ABORT, CONTROL_IN_FLIGHT, CONTROL_STOP, CONTROL_WORDS, FINISH, HEAD, type QueueThreadMessage, type QueueThreadSetup } from './queue-thread.ts';
+import { ABORT, CONTROL_IN_FLIGHT, CONTROL_STOP, CONTROL_WORDS, FINISH, type QueueThreadMessage, type QueueThreadSetup } from './queue-thread.ts';
 
 /** Slots the hiprio thread gets for FORGETs; the request queues share the rest. */
 const HIPRIO_SLOTS = 2;
@@ -212,7 +212,7 @@ export class FuseRelay {
     const perQueue = Math.floor((free - HIPRIO_SLOTS) / requestQueues);
     if (perQueue < 1) throw new ErrnoError('relay', errnoNumber('EINVAL'), `${free} slots cannot serve ${requestQueues} request queues`);
     this.mailboxFd = new EventFd();
-    const mailbox = ForgetMailbox.create(HEAD + this.device.dataRoom);
+    const mailbox = ForgetMailbox.create(WRITE_HEAD + this.device.dataRoom);
     const translation = this.session.translation;
     for (let qi = HIPRIO_QUEUE; qi <= requestQueues; qi++) {
       const role = qi === HIPRIO_QUEUE ? 'hiprio' : 'request';
@@ -346,13 +346,13 @@ function readKernelInit(fd: number, slot: Slot, dataRoom: number): Promise<Kerne
     }, 10_000);
     poller.watch(fd, 'readable', () => {
       try {
-        const n = readv(fd, [slot.bytes.subarray(0, HEAD), slot.bytes.subarray(DATA_AT, DATA_AT + dataRoom)]);
+        const n = readv(fd, [slot.bytes.subarray(0, WRITE_HEAD), slot.bytes.subarray(DATA_AT, DATA_AT + dataRoom)]);
         if (n < 0) return;
         poller.unwatch(fd);
         clearTimeout(timer);
         const bytes = new Uint8Array(n);
-        bytes.set(slot.bytes.subarray(0, Math.min(n, HEAD)));
-        if (n > HEAD) bytes.set(slot.bytes.subarray(DATA_AT, DATA_AT + n - HEAD), HEAD);
+        bytes.set(slot.bytes.subarray(0, Math.min(n, WRITE_HEAD)));
+        if (n > WRITE_HEAD) bytes.set(slot.bytes.subarray(DATA_AT, DATA_AT + n - WRITE_HEAD), WRITE_HEAD);
         const view = new DataView(bytes.buffer);
         const header = fuse_in_header.decode(view);
         if (header.opcode !== Opcode.INIT) throw new ProtocolError(header.opcode, 'opcode', 'the kernel did not start with FUSE_INIT');

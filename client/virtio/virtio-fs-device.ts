@@ -41,6 +41,8 @@ const LARGE_SLOT = SLOT_HEADERS + 256 * 4096;
 /** Where memory is contiguous only per chunk (2 MiB hugepages): slots that tile it. */
 const CHUNKED_SLOT = 256 * 1024;
 const PAGE = 4096;
+/** A request takes at most four segments (in header+args, data; out header+fixed, data): one indirect table of four. */
+const MAX_INDIRECT_SEGMENTS = 4;
 
 export interface DeviceOptions {
   /** Request queues to use (the device may offer more); default 1. */
@@ -112,7 +114,6 @@ export class VirtioFsDevice {
   /** Per queue: the eventfd that wakes the thread a queue is lent to (undefined: not lent). */
   private readonly lentTo: (number | undefined)[] = [];
   private readonly queueOffsets: number[] = [];
-  private readonly maxIndirectSegments = 4;
   private failure: Error | undefined;
   private polling = false;
   // Region-relative segment lists, reused by every submit.
@@ -137,7 +138,7 @@ export class VirtioFsDevice {
     const slotSize = chunk ? CHUNKED_SLOT : LARGE_SLOT;
     this.dataRoom = slotSize - SLOT_HEADERS;
     let offset = 0;
-    const queueOptions = { features, maxIndirectSegments: 4 };
+    const queueOptions = { features, maxIndirectSegments: MAX_INDIRECT_SEGMENTS };
     const queueBytes = Virtqueue.bytesNeeded(queueSize, queueOptions);
     for (let i = 0; i <= requestQueues; i++) {
       const name = i === HIPRIO_QUEUE ? 'hiprio' : `request${i - 1}`;
@@ -173,7 +174,7 @@ export class VirtioFsDevice {
     // A request takes at most four descriptors: the pool never outgrows one queue.
     const maxInFlight = Math.min(options.maxInFlight ?? 64, Math.floor(queueSize / 4));
 
-    const queueBytes = align(Virtqueue.bytesNeeded(queueSize, { features, maxIndirectSegments: 4 }), PAGE);
+    const queueBytes = align(Virtqueue.bytesNeeded(queueSize, { features, maxIndirectSegments: MAX_INDIRECT_SEGMENTS }), PAGE);
     const chunk = transport.dmaChunkBytes;
     if (chunk && (queueBytes > chunk || chunk % CHUNKED_SLOT !== 0)) {
       throw new TransportError(`${transport.description}: DMA chunks of ${chunk} bytes cannot hold the rings and slots`, 'EINVAL');
@@ -299,7 +300,7 @@ export class VirtioFsDevice {
       ringOffset: this.queueOffsets[queueIndex]!,
       queueSize: queue.size,
       features: this.features,
-      maxIndirectSegments: this.maxIndirectSegments,
+      maxIndirectSegments: MAX_INDIRECT_SEGMENTS,
       signals,
       slotOffsets: slotIndices.map((i) => this.pool.slotOffset(i)),
       slotIndices,
@@ -406,8 +407,9 @@ export class VirtioFsDevice {
   private readonly pollIfAlone = (): void => {
     this.pollScheduled = false;
     if (this.failure || this.inFlight !== 1) return;
-    const qi = this.queues.findIndex((q, i) => q.inFlightCount === 1 && this.lentTo[i] === undefined);
-    if (qi < 0) return;
+    let qi = 0;
+    while (qi < this.queues.length && (this.queues[qi]!.inFlightCount !== 1 || this.lentTo[qi] !== undefined)) qi++;
+    if (qi === this.queues.length) return;
     const q = this.queues[qi]!;
     const end = performance.now() + this.pollUs / 1000;
     while (performance.now() < end) {

@@ -15,10 +15,10 @@
 import type { Architecture } from '../../client/arch/index.ts';
 import { EngineFailure, isRelayable } from '../../client/fuse/engine.ts';
 import { FuseSession } from '../../client/fuse/session.ts';
-import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM } from '../../client/fuse/slot-layout.ts';
+import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM, WRITE_HEAD } from '../../client/fuse/slot-layout.ts';
 import { WireTranslation } from '../../client/fuse/wire-translation.ts';
 import { describeReply, describeRequest } from '../../client/frontend/trace.ts';
-import { Opcode, fuse_in_header, fuse_out_header, fuse_write_in, messageShape, opcodeName } from '../../client/protocol/index.ts';
+import { Opcode, fuse_in_header, fuse_out_header, messageShape, opcodeName } from '../../client/protocol/index.ts';
 import { openTransport } from '../../client/transport/open.ts';
 import { VirtioFsDevice, type Slot } from '../../client/virtio/virtio-fs-device.ts';
 import { NOT_RELAYED, type BackendTerms, type ClientInit } from './negotiation.ts';
@@ -42,7 +42,6 @@ export interface FrontendRequest {
  */
 export type Respond = (parts: readonly Uint8Array[]) => void;
 
-const WRITE_HEAD = fuse_in_header.size + fuse_write_in.size;
 
 export interface BackendOptions {
   log: (line: string) => void;
