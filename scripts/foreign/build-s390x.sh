@@ -80,59 +80,13 @@ for c in apt-get apt-cache dpkg dpkg-deb readelf sha256sum flock timeout "$qemu"
 done
 (( ${#missing[@]} == 0 )) || die "missing ${missing[*]} (apt-get install qemu-user-static binutils)"
 
-# --- the machine's Debian mirror (its entry for its own release; $VIRTIOFS_RUST_MIRROR overrides) ---
-codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-[[ -n $codename ]] || die "/etc/os-release names no VERSION_CODENAME"
-. "$(dirname "${BASH_SOURCE[0]}")/../lib/machine-mirror.sh"
-entry=$(machine_mirror | sed -n 1p)
-mirror=${VIRTIOFS_RUST_MIRROR:-${entry%%$'\t'*}}
-mirror=${mirror%/}
-keyring=
-[[ $entry == *$'\t'* ]] && keyring=${entry#*$'\t'}
-[[ -n $mirror ]] || die "no apt source for suite $codename: set VIRTIOFS_RUST_MIRROR to a Debian mirror URI"
-
-# --- the private apt configuration -------------------------------------------------------------------
+# --- the private apt configuration (scripts/lib/private-apt.sh), with the $fallback suite pinned low ---
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/private-apt.sh"
+private_apt "$dir/apt" "$arch" "$suite $fallback"
 A=$dir/apt
-mkdir -p "$A/lists/partial" "$A/cache/archives/partial" "$A/state" "$A/sources.list.d" "$A/preferences.d"
-sources=$A/sources.list.d/$suite.sources
-{
-  echo "Types: deb"
-  echo "URIs: $mirror"
-  echo "Suites: $suite $fallback"
-  echo "Components: main"
-  echo "Architectures: $arch"
-  if [[ -n $keyring ]]; then echo "Signed-By: $keyring"; fi
-} >"$sources.tmp"
-if ! cmp -s "$sources.tmp" "$sources"; then
-  mv "$sources.tmp" "$sources"
-  rm -rf "$A/lists" && mkdir -p "$A/lists/partial"
-else
-  rm -f "$sources.tmp"
-fi
-: >>"$A/status"
 pin=$A/preferences.d/$fallback.pref
 printf 'Package: *\nPin: release n=%s\nPin-Priority: 100\n' "$fallback" >"$pin.tmp"
 if cmp -s "$pin.tmp" "$pin"; then rm -f "$pin.tmp"; else mv "$pin.tmp" "$pin"; fi
-apt_private=(
-  -o "Dir::Etc::SourceList=/dev/null"
-  -o "Dir::Etc::SourceParts=$A/sources.list.d"
-  -o "Dir::Etc::Preferences=/dev/null"
-  -o "Dir::Etc::PreferencesParts=$A/preferences.d"
-  -o "Dir::State=$A/state"
-  -o "Dir::State::Lists=$A/lists"
-  -o "Dir::State::status=$A/status"
-  -o "Dir::Cache=$A/cache"
-  -o "Dir::Cache::Archives=$A/cache/archives"
-  -o "Dir::Cache::pkgcache=pkgcache.bin"
-  -o "Dir::Cache::srcpkgcache=srcpkgcache.bin"
-  -o "APT::Architecture=$arch"
-  -o "APT::Architectures=$arch"
-  -o "Acquire::Languages=none"
-  -o "DPkg::Lock::Timeout=600"
-)
-[[ $(id -u) -eq 0 ]] && apt_private+=(-o APT::Sandbox::User=root)
-papt_get() { apt-get "${apt_private[@]}" "$@"; }
-papt_cache() { apt-cache "${apt_private[@]}" "$@"; }
 
 apt_updated=0
 apt_update() {
@@ -236,23 +190,8 @@ for d in "${libdirs[@]}"; do [[ -e $new/$d/$loader_name && ! -L $new/$d/$loader_
 header=$(readelf -hW "$new/$bin")
 grep -q 'big endian' <<<"$header" && grep -q 'S/390' <<<"$header" || die "$bin is not a big-endian S/390 ELF: $header"
 
-needed_of() { readelf -dW "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'; }
-unresolved() {
-  local -A seen=()
-  local queue=("$new/$bin") file so found d
-  while (( ${#queue[@]} )); do
-    file=${queue[0]}; queue=("${queue[@]:1}")
-    for so in $(needed_of "$file"); do
-      [[ -n ${seen[$so]:-} ]] && continue
-      seen[$so]=1
-      found=
-      for d in "${libdirs[@]}"; do
-        if [[ -e $new/$d/$so ]]; then found=$new/$d/$so; break; fi
-      done
-      if [[ -n $found ]]; then queue+=("$found"); else echo "$so"; fi
-    done
-  done
-}
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/elf-closure.sh"
+unresolved() { unresolved_sonames readelf "$new/$bin" "${libdirs[@]/#/$new/}"; }
 # A library outside virtiofsd's Depends: the package that ships the same soname on this machine
 # (Multi-Arch: same packages have the same names on every architecture).
 host_multiarch=$(uname -m)-linux-gnu

@@ -108,7 +108,7 @@ fi
 say "tools and indexes ready ($((SECONDS - started)) s)"
 
 # --- helpers --------------------------------------------------------------------------------------------
-needed_of() { "$R" -dW "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'; }
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/elf-closure.sh"
 
 # The Debian package that ships a shared library, by its soname: the same package (Multi-Arch: same)
 # is installed on this machine for its own architecture, since this machine's own virtiofsd
@@ -136,22 +136,7 @@ fetch_extract() {
 }
 
 # The sonames in the NEEDED closure of $bin that the sysroot's library directories lack.
-unresolved() {
-  local -A seen=()
-  local queue=("$bin") file so found d
-  while (( ${#queue[@]} )); do
-    file=${queue[0]}; queue=("${queue[@]:1}")
-    for so in $(needed_of "$file"); do
-      [[ -n ${seen[$so]:-} ]] && continue
-      seen[$so]=1
-      found=
-      for d in "${libdirs[@]}"; do
-        if [[ -e $d/$so ]]; then found=$d/$so; break; fi
-      done
-      if [[ -n $found ]]; then queue+=("$found"); else echo "$so"; fi
-    done
-  done
-}
+unresolved() { unresolved_sonames "$R" "$bin" "${libdirs[@]}"; }
 
 # --- one architecture ---------------------------------------------------------------------------------------
 for arch in "${todo[@]}"; do
@@ -219,7 +204,7 @@ for arch in "${todo[@]}"; do
   exports=$("$R" --dyn-syms -W "$stub" | awk '$7 != "UND" && $5 == "GLOBAL" && $4 == "FUNC" { print $8 }' | sort -u)
   lacking=$(comm -23 <(echo "$imports") <(echo "$exports"))
   [[ -z $lacking ]] || die "$arch: virtiofsd imports $(echo $lacking) from libseccomp, which the stub does not define"
-  [[ -z $(needed_of "$stub") ]] || die "$arch: the stub should need no library"
+  [[ -z $(needed_of "$R" "$stub") ]] || die "$arch: the stub should need no library"
 
   # The loader: the real file in lib/<triplet>/ (qemu-user exits silently when given the absolute
   # lib64/ symlink), resolving inside the sysroot.

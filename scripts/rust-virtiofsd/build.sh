@@ -81,63 +81,11 @@ done
 (( ${#missing[@]} == 0 )) || die "missing ${missing[*]} (readelf: apt-get install binutils)"
 [[ $(dpkg --print-architecture) == "$arch" ]] || die "this builds the $arch virtiofsd and runs it natively: this machine is $(dpkg --print-architecture)"
 
-# --- the machine's Debian mirror ---------------------------------------------------------------------
-# The URI of the machine's apt entry for its own release (suite = VERSION_CODENAME, e.g. bookworm;
-# not -updates or -security), from sources.list and sources.list.d/*.list (one-line format) or
-# sources.list.d/*.sources (deb822), with its Signed-By keyring when it names a file.
-# $VIRTIOFS_RUST_MIRROR overrides the URI.
-codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-[[ -n $codename ]] || die "/etc/os-release names no VERSION_CODENAME"
-. "$(dirname "${BASH_SOURCE[0]}")/../lib/machine-mirror.sh"
-entry=$(machine_mirror | sed -n 1p) # the first entry (sed reads all: no SIGPIPE under pipefail)
-mirror=${VIRTIOFS_RUST_MIRROR:-${entry%%$'\t'*}}
-mirror=${mirror%/}
-keyring=
-[[ $entry == *$'\t'* ]] && keyring=${entry#*$'\t'}
-[[ -n $mirror ]] || die "no apt source for suite $codename in /etc/apt/sources.list{,.d/*.list,.d/*.sources}: set VIRTIOFS_RUST_MIRROR to a Debian mirror URI"
-say "Debian mirror: $mirror (from the machine's $codename entry)${keyring:+, keyring $keyring}"
-
-# --- the private apt configuration -------------------------------------------------------------------
+# --- the private apt configuration (scripts/lib/private-apt.sh) ----------------------------------------
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/private-apt.sh"
+private_apt "$cache/apt" "$arch" "$suite"
 A=$cache/apt
-mkdir -p "$A/lists/partial" "$A/cache/archives/partial" "$A/state" "$A/sources.list.d" "$A/preferences.d"
-sources=$A/sources.list.d/$suite.sources
-{
-  echo "Types: deb"
-  echo "URIs: $mirror"
-  echo "Suites: $suite"
-  echo "Components: main"
-  echo "Architectures: $arch"
-  if [[ -n $keyring ]]; then echo "Signed-By: $keyring"; fi
-} >"$sources.tmp"
-if ! cmp -s "$sources.tmp" "$sources"; then
-  mv "$sources.tmp" "$sources"
-  rm -rf "$A/lists" && mkdir -p "$A/lists/partial" # lists of another mirror are no use
-else
-  rm -f "$sources.tmp"
-fi
-: >>"$A/status" # an empty dpkg database: trixie's packages resolve against nothing installed here
-# Command-line -o options win over everything in /etc/apt/apt.conf{,.d} (whose proxy or
-# Check-Valid-Until settings still apply).
-apt_private=(
-  -o "Dir::Etc::SourceList=/dev/null"
-  -o "Dir::Etc::SourceParts=$A/sources.list.d"
-  -o "Dir::Etc::Preferences=/dev/null"
-  -o "Dir::Etc::PreferencesParts=$A/preferences.d"
-  -o "Dir::State=$A/state"
-  -o "Dir::State::Lists=$A/lists"
-  -o "Dir::State::status=$A/status"
-  -o "Dir::Cache=$A/cache"
-  -o "Dir::Cache::Archives=$A/cache/archives"
-  -o "Dir::Cache::pkgcache=pkgcache.bin" # a binary cache of the lists (docker images often turn it off):
-  -o "Dir::Cache::srcpkgcache=srcpkgcache.bin" # without it every apt call re-parses trixie's lists (~1 s)
-  -o "APT::Architecture=$arch"
-  -o "APT::Architectures=$arch"
-  -o "Acquire::Languages=none"
-  -o "DPkg::Lock::Timeout=600"
-)
-[[ $(id -u) -eq 0 ]] && apt_private+=(-o APT::Sandbox::User=root) # else apt warns that _apt cannot write here
-papt_get() { apt-get "${apt_private[@]}" "$@"; }
-papt_cache() { apt-cache "${apt_private[@]}" "$@"; }
+say "Debian mirror: $mirror (from the machine's $codename entry)${keyring:+, keyring $keyring}"
 
 apt_updated=0
 apt_update() { # once per run
@@ -218,23 +166,8 @@ for d in "${libdirs[@]}"; do [[ -e $new/$d/$loader_name && ! -L $new/$d/$loader_
 [[ -n $ld ]] || die "libc6 left no real $loader_name in lib/$triplet or usr/lib/$triplet"
 
 # The sonames in the NEEDED closure of the binary that the sysroot's library directories lack.
-needed_of() { readelf -dW "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'; }
-unresolved() {
-  local -A seen=()
-  local queue=("$new/$bin") file so found d
-  while (( ${#queue[@]} )); do
-    file=${queue[0]}; queue=("${queue[@]:1}")
-    for so in $(needed_of "$file"); do
-      [[ -n ${seen[$so]:-} ]] && continue
-      seen[$so]=1
-      found=
-      for d in "${libdirs[@]}"; do
-        if [[ -e $new/$d/$so ]]; then found=$new/$d/$so; break; fi
-      done
-      if [[ -n $found ]]; then queue+=("$found"); else echo "$so"; fi
-    done
-  done
-}
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/elf-closure.sh"
+unresolved() { unresolved_sonames readelf "$new/$bin" "${libdirs[@]/#/$new/}"; }
 # A library outside virtiofsd's Depends: the package that ships it on this machine (the same
 # package names serve bookworm and trixie for these core libraries), fetched from trixie.
 package_of_soname() {
