@@ -214,12 +214,16 @@ export class QueueThread {
 
   /** Serves until unmounted, told to stop, or the device fails; returns why. */
   run(): string {
-    const timeout = this.setup.busyPoll ? 0 : -1;
     let finishDeadline = 0;
     try {
       while (this.exitReason === undefined) {
-        let n = finishDeadline > 0 ? epollWait(this.epfd, this.events, 50) : timeout === 0 ? epollWait(this.epfd, this.events, 0) : this.poll();
-        if (n < 0) n = epollWait(this.epfd, this.events, -1);
+        let n: number;
+        if (finishDeadline > 0) n = epollWait(this.epfd, this.events, 50);
+        else if (this.setup.busyPoll) n = epollWait(this.epfd, this.events, 0);
+        else {
+          n = this.poll();
+          if (n < 0) n = epollWait(this.epfd, this.events, -1);
+        }
         for (let i = 0; i < n; i++) if (this.events.tokenAt(i) === TOKEN_SOURCE) this.sourceReady = true;
         const stop = Atomics.load(this.control, CONTROL_STOP);
         if (stop === ABORT) {

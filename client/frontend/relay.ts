@@ -91,6 +91,7 @@ export class FuseRelay {
   private readonly workers: QueueWorker[] = [];
   private mailboxFd: EventFd | undefined;
   private stopping: string | undefined;
+  private finishing = false;
   private readonly log: (line: string) => void;
 
   private constructor(
@@ -296,8 +297,6 @@ export class FuseRelay {
     for (const w of this.workers) if (w.role === 'request') this.signal(w, stop);
     if (this.workers.length === 0 || this.workers.every((w) => w.exited)) this.finishTeardown();
   }
-
-  private finishing = false;
 
   /** Every thread has stopped: take the queues back, close the descriptors, end the device session. */
   private finishTeardown(): void {
