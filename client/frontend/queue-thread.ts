@@ -45,6 +45,7 @@ import { WireTranslation } from '../fuse/wire-translation.ts';
 import { Opcode, fuse_in_header, fuse_out_header, opcodeName } from '../protocol/index.ts';
 import type { QueueLoan } from '../virtio/virtio-fs-device.ts';
 import { Virtqueue, type UsedRingProblem } from '../virtio/virtqueue.ts';
+import { PollAdvisor } from './poll-advisor.ts';
 import { ForgetMailbox } from './forget-mailbox.ts';
 import { OpStats } from './op-stats.ts';
 import { describeReply, describeRequest } from './trace.ts';
@@ -142,6 +143,8 @@ export class QueueThread {
   private readonly free: Int32Array;
   private freeCount: number;
   private inFlight = 0;
+  /** Whether polling before sleeping pays, learned per request size (poll-advisor.ts). */
+  private readonly advisor: PollAdvisor;
 
   // Scratch segment lists (Virtqueue.add copies them into descriptors before it returns).
   private readonly readable = [0, 0, 0, 0];
@@ -203,6 +206,7 @@ export class QueueThread {
       this.free[s] = count - 1 - s;
     }
     this.freeCount = count;
+    this.advisor = new PollAdvisor(count, setup.pollUs);
 
     this.epfd = epollCreate1(EPOLL_CLOEXEC);
     // Edge-triggered eventfds: every signal (each write) is reported once, so they are never read;
@@ -252,15 +256,18 @@ export class QueueThread {
   /**
    * Polls up to pollUs for work: a used entry while requests are at the device, or any fd ready.
    * Returns the events found (0: completions to drain), or -1 when nothing came: sleep then.
+   * Polls only when the advisor says it has been paying for requests like the ones in flight
+   * (or, idle, for the gap before the next request).
    */
   private poll(): number {
     const budget = this.setup.pollUs;
     if (budget <= 0) return -1;
-    const end = performance.now() + budget / 1000;
     // With other request threads, poll only for completions: a new request then wakes a thread
     // asleep in epoll_wait (EPOLLEXCLUSIVE passes over a busy one), so the kernel's requests spread
     // over the queues instead of piling onto whichever thread polls.
     const alone = this.setup.requestThreads <= 1;
+    if (this.inFlight > 0 ? !this.advisor.pollForCompletion : !(alone && this.advisor.pollForRequest)) return -1;
+    const end = performance.now() + budget / 1000;
     do {
       if (this.inFlight > 0 && this.queue.hasUsed()) return 0;
       if (alone) {
@@ -340,7 +347,9 @@ export class QueueThread {
     }
     const opcode = view.getUint32(OPCODE_AT, true);
     this.opcodes[s] = opcode;
-    this.started[s] = performance.now();
+    const started = performance.now();
+    this.started[s] = started;
+    this.advisor.arrived(started);
     if (!isRelayable(opcode)) {
       if (this.setup.trace) this.trace(`-> ${opcodeName(opcode)} unique ${view.getBigUint64(UNIQUE_AT, true)}: not relayed, ENOSYS`);
       this.replyError(s, ENOSYS);
@@ -381,6 +390,7 @@ export class QueueThread {
       }
       this.submitted[s] = performance.now();
       this.inFlight++;
+      this.advisor.submitted(s, n + space.room.data);
     } catch (e) {
       this.failRequest(s, opcode, e);
     }
@@ -394,13 +404,17 @@ export class QueueThread {
 
   private submitForget(s: number, n: number): void {
     this.opcodes[s] = this.slotViews[s]!.getUint32(OPCODE_AT, true);
-    this.started[s] = performance.now();
+    const started = performance.now();
+    this.started[s] = started;
+    this.submitted[s] = started;
+    this.advisor.arrived(started);
     const base = this.slotBase[s]!;
     setSegments(this.regionReadable, base, n, 0, 0);
     this.regionReadable.length = 2;
     try {
       if (!this.queue.add(this.regionReadable, NO_SEGMENTS, s)) throw new Error(`${this.queue.name} has no free descriptors`);
       this.inFlight++;
+      this.advisor.submitted(s, n);
     } catch (e) {
       this.post({ kind: 'log', line: `${opcodeName(this.opcodes[s]!)}: not sent: ${(e as Error).message}` });
       this.finish(s, true);
@@ -417,6 +431,7 @@ export class QueueThread {
 
   private complete(): void {
     const q = this.queue;
+    const before = this.inFlight;
     do {
       q.drainUsed(this.onUsed, this.onProblem);
       if (q.brokenReason) {
@@ -427,14 +442,16 @@ export class QueueThread {
       }
     } while (!this.setup.busyPoll && !q.enableCallbacks());
     Atomics.store(this.control, CONTROL_IN_FLIGHT, this.inFlight);
+    if (this.inFlight === 0 && before > 0) this.advisor.idle(performance.now());
   }
 
   private readonly onUsed = (s: number, usedLen: number): void => {
+    const usedAt = performance.now();
     this.inFlight--;
+    this.advisor.completed(s, (usedAt - this.submitted[s]!) * 1000, true);
     if (this.setup.role === 'hiprio') return this.finish(s, false);
     const opcode = this.opcodes[s]!;
     const view = this.slotViews[s]!;
-    const usedAt = performance.now();
     let errno: number;
     try {
       errno = this.engine.judge(view, opcode, this.uniqueLow[s]!, this.uniqueHigh[s]!, usedLen, this.spaces[s]!);
@@ -469,6 +486,7 @@ export class QueueThread {
     const s = problem.token;
     if (s === undefined) return;
     this.inFlight--;
+    this.advisor.completed(s, 0, false);
     if (this.setup.role === 'hiprio') return this.finish(s, true);
     const opcode = this.opcodes[s]!;
     const unique = (BigInt(this.uniqueHigh[s]!) << 32n) | BigInt(this.uniqueLow[s]!);
@@ -522,6 +540,7 @@ export class QueueThread {
   private abort(): void {
     this.queue.failAll('device failed', (s) => {
       this.inFlight--;
+      this.advisor.completed(s, 0, false);
       if (this.setup.role === 'request') this.replyError(s, EIO);
       this.finish(s, true);
     });
