@@ -23,20 +23,25 @@ function readExample(name: string): Buffer {
   throw Object.assign(new Error(`${plain} not found: run bash scripts/setup.sh --for-bench (installs libfuse3-dev)`), { code: 'ENOENT' });
 }
 
-/** Builds passthrough_ll into `cacheDir` unless the same sources were already built there; returns the binary. */
-export async function buildPassthroughLl(cleanup: Cleanup, cacheDir: string): Promise<string> {
+/**
+ * Builds passthrough_ll into `cacheDir` unless the same sources were already built there; returns the binary.
+ * `include`: a header of ours force-included (gcc -include) ahead of the source, built as `<name>`.
+ */
+export async function buildPassthroughLl(cleanup: Cleanup, cacheDir: string, include?: { header: string; name: string }): Promise<string> {
   mkdirSync(cacheDir, { recursive: true });
   const sources = SOURCES.map((name) => [name, readExample(name)] as const);
+  const name = include?.name ?? 'passthrough_ll';
   const flags = (await runOk(cleanup, 'pkg-config', ['fuse3', '--cflags', '--libs'])).stdout.trim().split(/\s+/).filter(Boolean);
-  const args = ['-Wall', '-O2', 'passthrough_ll.c', ...flags, ...DEFINES, '-o', 'passthrough_ll'];
+  const args = ['-Wall', '-O2', ...(include ? ['-include', include.header] : []), 'passthrough_ll.c', ...flags, ...DEFINES, '-o', name];
   const hash = createHash('sha256');
-  for (const [name, text] of sources) hash.update(name).update(text);
+  for (const [file, text] of sources) hash.update(file).update(text);
+  if (include) hash.update(readFileSync(include.header));
   hash.update(args.join(' '));
-  const stamp = join(cacheDir, 'passthrough_ll.sha256');
-  const binary = join(cacheDir, 'passthrough_ll');
+  const stamp = join(cacheDir, `${name}.sha256`);
+  const binary = join(cacheDir, name);
   const digest = hash.digest('hex');
   if (existsSync(binary) && existsSync(stamp) && readFileSync(stamp, 'utf8') === digest) return binary;
-  for (const [name, text] of sources) writeFileSync(join(cacheDir, name), text);
+  for (const [file, text] of sources) writeFileSync(join(cacheDir, file), text);
   await runOk(cleanup, 'gcc', args, { cwd: cacheDir });
   writeFileSync(stamp, digest);
   return binary;
@@ -66,6 +71,7 @@ export async function mountPassthroughLl(
   source: string,
   mountpoint: string,
   options: string[],
+  env?: NodeJS.ProcessEnv,
 ): Promise<PassthroughLl> {
   const child = cleanup.spawnChecked(
     binary,
@@ -73,6 +79,7 @@ export async function mountPassthroughLl(
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
+      ...(env ? { env: { ...process.env, ...env } } : {}),
     },
     false,
   );
