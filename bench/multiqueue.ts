@@ -4,13 +4,14 @@
 // queue threads. Never a timed test.
 // Run: npm run bench:multiqueue [-- --seconds 5 --size 256]
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Virtiofsd } from '../client/backends/virtiofsd.ts';
 import { FuseRelay } from '../client/frontend/relay.ts';
 import { Cleanup } from './lib/cleanup.ts';
+import { CLOCK_TICKS, cpuTicks } from './lib/cpu.ts';
 import { runFio } from './lib/fio.ts';
 
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: '5' }, size: { type: 'string', default: '256' }, jobs: { type: 'string', default: '4' } } });
@@ -26,8 +27,15 @@ const shared = join(work, 'shared');
 mkdirSync(shared);
 writeFileSync(join(shared, 'read.dat'), Buffer.alloc(sizeMiB << 20, 0x5a));
 
+/** Busy and total clock ticks of the whole machine (/proc/stat's cpu line; idle and iowait are not busy). */
+function machineTicks(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  return { busy: total - f[3]! - f[4]!, total };
+}
+
 /** virtiofsd, the reference device offering 2 request queues in front of it, our relay using `queues` of them. */
-async function measure(queues: number): Promise<{ iops: number; spread: string; phases: string }> {
+async function measure(queues: number): Promise<{ iops: number; spread: string; phases: string; cpu: string }> {
   const daemon = await Virtiofsd.start({ sharedDir: shared, cache: 'auto' });
   const socket = join(work, `refdev-${queues}.sock`);
   const device = spawn(process.execPath, ['--import', 'tsx', 'examples/reference-device/main.ts', '--socket', socket, '--backend', `vhost-user:${daemon.socketPath}`, '--queues', '2'], {
@@ -42,13 +50,29 @@ async function measure(queues: number): Promise<{ iops: number; spread: string; 
   const relay = await FuseRelay.mount({ transport: `vhost-user:${socket}`, mountpoint: mnt, requestQueues: queues });
   try {
     const quarter = `${Math.floor(sizeMiB / jobs)}M`;
+    // CPU of each party over the timed run, in % of one CPU: the client (this process, every thread),
+    // the reference device, virtiofsd; and the whole machine, in % of all its CPUs.
+    const ours0 = process.cpuUsage();
+    const [device0, daemon0] = cpuTicks([device.pid, daemon.pid]);
+    const machine0 = machineTicks();
+    const t0 = performance.now();
     const r = await runFio(cleanup, { filename: join(mnt, 'read.dat'), rw: 'randread', bs: '4k', size: quarter, numjobs: jobs, offsetIncrement: quarter, seconds, invalidate: true });
+    const wallS = (performance.now() - t0) / 1000;
+    const ours = process.cpuUsage(ours0);
+    const [device1, daemon1] = cpuTicks([device.pid, daemon.pid]);
+    const machine1 = machineTicks();
+    const pct = (ticks: number) => `${Math.round((ticks / CLOCK_TICKS / wallS) * 100)}%`;
+    const cpu =
+      `client ${Math.round(((ours.user + ours.system) / 1e6 / wallS) * 100)}%, ` +
+      `reference device ${pct(device1! - device0!)}, virtiofsd ${pct(daemon1! - daemon0!)}; ` +
+      `machine ${Math.round(((machine1.busy - machine0.busy) / (machine1.total - machine0.total)) * 100)}% busy`;
     const status = relay.status();
     const p = status.phases;
     return {
       iops: r.iops,
       spread: (status.queues ?? []).map((q) => `${q.name} ${q.requests}`).join(', '),
       phases: p ? `prepare ${p.prepareUs} us, device ${p.deviceUs} us, reply ${p.replyUs} us` : '-',
+      cpu,
     };
   } finally {
     await relay.unmount();
@@ -66,6 +90,9 @@ try {
   console.log(`relay, 1 request queue:  ${Math.round(one.iops).toLocaleString('en-US')} ops/s  (${one.spread}; ${one.phases})`);
   console.log(`relay, 2 request queues: ${Math.round(two.iops).toLocaleString('en-US')} ops/s  (${two.spread}; ${two.phases})`);
   console.log(`2 queues / 1 queue: ${(two.iops / one.iops).toFixed(3)}`);
+  console.log(`CPU, 1 request queue:  ${one.cpu}`);
+  console.log(`CPU, 2 request queues: ${two.cpu}`);
+  console.log('(client, reference device, virtiofsd: % of one CPU over the timed run; machine: % of all CPUs, fio included)');
 } finally {
   await cleanup.run();
 }
