@@ -5,6 +5,7 @@
  */
 import { alphaErrno, genericErrno, mipsErrno, pariscErrno, powerpcErrno, sparcErrno, type ErrnoEncoding } from './errno.ts';
 import { UnknownArchError } from './errors.ts';
+import { genericIoctl, pariscIoctl, powerpcIoctl, type IoctlEncoding } from './ioctl.ts';
 import { alphaLockTypes, genericLockTypes, sparcPariscLockTypes, type LockTypeEncoding } from './lock-types.ts';
 import {
   alphaOpenFlags,
@@ -56,6 +57,8 @@ export interface Architecture {
   readonly openFlags: OpenFlagEncoding;
   readonly errno: ErrnoEncoding;
   readonly lockTypes: LockTypeEncoding;
+  /** How ioctl command numbers are laid out (ioctl.ts). */
+  readonly ioctl: IoctlEncoding;
 }
 
 export const architectures: readonly Architecture[] = [
@@ -67,6 +70,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: genericOpenFlags,
     errno: genericErrno,
     lockTypes: genericLockTypes,
+    ioctl: genericIoctl,
   },
   {
     family: 'arm64',
@@ -76,6 +80,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: armOpenFlags,
     errno: genericErrno,
     lockTypes: genericLockTypes,
+    ioctl: genericIoctl,
   },
   {
     family: 'arm',
@@ -85,6 +90,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: armOpenFlags,
     errno: genericErrno,
     lockTypes: genericLockTypes,
+    ioctl: genericIoctl,
   },
   {
     family: 'riscv',
@@ -94,6 +100,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: genericOpenFlags,
     errno: genericErrno,
     lockTypes: genericLockTypes,
+    ioctl: genericIoctl,
   },
   {
     family: 's390',
@@ -103,6 +110,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: genericOpenFlags,
     errno: genericErrno,
     lockTypes: genericLockTypes,
+    ioctl: genericIoctl,
   },
   {
     family: 'powerpc',
@@ -112,6 +120,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: powerpcOpenFlags,
     errno: powerpcErrno,
     lockTypes: genericLockTypes,
+    ioctl: powerpcIoctl,
   },
   {
     family: 'mips',
@@ -121,6 +130,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: mipsOpenFlags,
     errno: mipsErrno,
     lockTypes: genericLockTypes,
+    ioctl: powerpcIoctl,
   },
   {
     family: 'sparc',
@@ -130,6 +140,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: sparcOpenFlags,
     errno: sparcErrno,
     lockTypes: sparcPariscLockTypes,
+    ioctl: powerpcIoctl,
   },
   {
     family: 'alpha',
@@ -139,6 +150,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: alphaOpenFlags,
     errno: alphaErrno,
     lockTypes: alphaLockTypes,
+    ioctl: powerpcIoctl,
   },
   {
     family: 'parisc',
@@ -148,6 +160,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: pariscOpenFlags,
     errno: pariscErrno,
     lockTypes: sparcPariscLockTypes,
+    ioctl: pariscIoctl,
   },
   {
     family: 'm68k',
@@ -157,6 +170,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: armOpenFlags,
     errno: genericErrno,
     lockTypes: genericLockTypes,
+    ioctl: genericIoctl,
   },
   {
     family: 'loongarch',
@@ -166,6 +180,7 @@ export const architectures: readonly Architecture[] = [
     openFlags: genericOpenFlags,
     errno: genericErrno,
     lockTypes: genericLockTypes,
+    ioctl: genericIoctl,
   },
 ];
 

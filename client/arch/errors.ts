@@ -1,11 +1,12 @@
-/** The three kinds of architecture-encoded values FUSE carries. */
-export type ValueKind = 'open' | 'errno' | 'lock';
+/** The kinds of architecture-encoded values FUSE carries. */
+export type ValueKind = 'open' | 'errno' | 'lock' | 'ioctl';
 
 /** How one value of each kind is called in messages. */
 export const kindLabel: Readonly<Record<ValueKind, string>> = {
   open: 'open flag',
   errno: 'errno',
   lock: 'lock type',
+  ioctl: 'ioctl command',
 };
 
 /** A name that is not an architecture we know (see `architectures`). */

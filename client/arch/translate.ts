@@ -24,6 +24,7 @@ import { ArchTranslationError, type ValueKind } from './errors.ts';
 import type { LockTypeName } from './lock-types.ts';
 import { errnoNames, errnoNumber, octal } from './names.ts';
 import { kernelOpenFlags, type AccessModeName } from './open-flags.ts';
+import { translateIoctlCommand } from './ioctl.ts';
 
 /** A value not carried to the target, and why. For errno the target receives EIO instead. */
 export interface Dropped {
@@ -54,12 +55,14 @@ const builders: Record<ValueKind, (from: Architecture, to: Architecture) => Tran
   open: openFlagsTranslator,
   errno: errnoTranslator,
   lock: lockTypeTranslator,
+  ioctl: ioctlTranslator,
 };
 
 const cache: Record<ValueKind, WeakMap<Architecture, Map<Architecture, Translator>>> = {
   open: new WeakMap(),
   errno: new WeakMap(),
   lock: new WeakMap(),
+  ioctl: new WeakMap(),
 };
 
 /** The translator for `kind` from `from` to `to`, built on first use. Throws UnknownArchError for bad names. */
@@ -84,6 +87,17 @@ export function translateErrno(errno: number, from: ArchRef, to: ArchRef, onDrop
 
 export function translateLockType(type: number, from: ArchRef, to: ArchRef): number {
   return translator('lock', from, to).translate(type);
+}
+
+/**
+ * ioctl commands: the fileattr commands the kernel interprets are re-encoded in the target's
+ * layout; every other command passes as it is (ioctl.ts). Never throws.
+ */
+function ioctlTranslator(from: Architecture, to: Architecture): Translator {
+  if (from.ioctl === to.ioctl) return identityTranslator('ioctl', from, to);
+  const source = from.ioctl;
+  const target = to.ioctl;
+  return { kind: 'ioctl', from, to, identity: false, translate: (cmd: number) => translateIoctlCommand(cmd, source, target) };
 }
 
 function identityTranslator(kind: ValueKind, from: Architecture, to: Architecture): Translator {

@@ -5,6 +5,9 @@ import {
   architectures,
   errnoName,
   errnoNumber,
+  fileattrCommands,
+  ioctlCommandName,
+  ioctlCommandValue,
   kernelOpenFlags,
   kindLabel,
   lockTypeName,
@@ -22,14 +25,15 @@ import {
 import type { Command } from './command.ts';
 import { UsageError } from './command.ts';
 
-const kinds: readonly ValueKind[] = ['open', 'errno', 'lock'];
-const title: Readonly<Record<ValueKind, string>> = { open: 'open flags', errno: 'errno', lock: 'lock type' };
+const kinds: readonly ValueKind[] = ['open', 'errno', 'lock', 'ioctl'];
+const title: Readonly<Record<ValueKind, string>> = { open: 'open flags', errno: 'errno', lock: 'lock type', ioctl: 'ioctl command' };
 
-const usage = `usage: virtiofs-client arch show [--arch <name>] [--kind open|errno|lock] [--json]
-       virtiofs-client arch translate <value> --from <arch> --to <arch> [--kind open|errno|lock] [--json]
+const usage = `usage: virtiofs-client arch show [--arch <name>] [--kind open|errno|lock|ioctl] [--json]
+       virtiofs-client arch translate <value> --from <arch> --to <arch> [--kind open|errno|lock|ioctl] [--json]
 
 The values FUSE carries in the client's architecture encoding: open(2) flags,
-errno numbers and POSIX lock types (docs/arch-negotiation.md).
+errno numbers, POSIX lock types, and the ioctl commands the kernel itself
+sends (lsattr/chattr: FS_IOC_GETFLAGS ...; docs/arch-negotiation.md).
 
   show        the tables of one architecture (--arch), or of all; open flags in octal
   translate   one value from --from's encoding to --to's: each flag by name on
@@ -37,8 +41,9 @@ errno numbers and POSIX lock types (docs/arch-negotiation.md).
               reason (exit status 1 when refused)
 
 <value> is written as in C: 040000 (octal), 0o40000, 0x4000, 16384, or by name
-on --from: O_RDWR|O_DIRECT, ENOTEMPTY, F_WRLCK. Without --kind a name picks the
-kind (E...: errno, F_...: lock type) and anything else is open flags.
+on --from: O_RDWR|O_DIRECT, ENOTEMPTY, F_WRLCK, FS_IOC_GETFLAGS. Without --kind a
+name picks the kind (E...: errno, F_...: lock type, FS_IOC...: ioctl command) and
+anything else is open flags.
 
 architectures (and other names they answer to):
 ${architectures.map((a) => `  ${a.name.padEnd(12)} ${[a.family, ...a.aliases].filter((n) => n !== a.name).join(', ')}`.trimEnd()).join('\n')}`;
@@ -108,6 +113,7 @@ function kindOption(kind: string): ValueKind {
 function kindOfValue(text: string): ValueKind {
   if (/^E[A-Z0-9]+$/.test(text)) return 'errno';
   if (/^F_[A-Z]+$/.test(text)) return 'lock';
+  if (/^FS_IOC/.test(text)) return 'ioctl';
   return 'open';
 }
 
@@ -138,6 +144,7 @@ function parseValue(text: string, kind: ValueKind, arch: Architecture): number {
 function valueOfName(name: string, kind: ValueKind, arch: Architecture): number | undefined {
   if (kind === 'errno') return errnoNumber(name, arch);
   if (kind === 'lock') return lockTypeValue(name, arch);
+  if (kind === 'ioctl') return ioctlCommandValue(name, arch);
   return openFlagValue(name, arch);
 }
 
@@ -198,11 +205,13 @@ function explain(kind: ValueKind, input: number, from: Architecture, to: Archite
 function nameOf(kind: ValueKind, value: number, arch: Architecture): string | undefined {
   if (kind === 'errno') return errnoName(Math.abs(value), arch);
   if (kind === 'lock') return lockTypeName(value, arch);
+  if (kind === 'ioctl') return ioctlCommandName(value, arch) ?? 'other (passed as it is)';
   const parts = splitOpenFlags(value, arch);
   return parts[parts.length - 1]!.name;
 }
 
 function format(kind: ValueKind, value: number): string {
+  if (kind === 'ioctl') return `0x${(value >>> 0).toString(16).padStart(8, '0')}`;
   return kind === 'open' ? octal(value) : String(value);
 }
 
@@ -259,9 +268,13 @@ function showJson(shown: readonly Architecture[], only: ValueKind | undefined) {
       ...(wanted('open') && { open: { ...a.openFlags, kernelBits: kernelOpenFlags } }),
       ...(wanted('errno') && { errno: a.errno }),
       ...(wanted('lock') && { lock: a.lockTypes }),
+      ...(wanted('ioctl') && { ioctl: { ...a.ioctl, commands: Object.fromEntries(ioctlNames.map((n) => [n, ioctlCommandValue(n, a)])) } }),
     })),
   };
 }
+
+/** The fileattr commands by name, 64-bit and 32-bit forms. */
+const ioctlNames = Object.keys(fileattrCommands).flatMap((n) => (n.includes('FLAGS') ? [n, n.replace('FS_IOC_', 'FS_IOC32_')] : [n]));
 
 /** name, value, note: aligned in columns. */
 type Line = [string, string, string?];
@@ -275,6 +288,10 @@ function showText(shown: readonly Architecture[], only: ValueKind | undefined): 
     if (only === undefined || only === 'lock') {
       const lines = Object.entries(a.lockTypes.types).map(([name, type]): Line => [name, String(type)]);
       sections.push(section(`lock types: encoding '${a.lockTypes.name}'`, lines));
+    }
+    if (only === undefined || only === 'ioctl') {
+      const lines = ioctlNames.map((n): Line => [n, format('ioctl', ioctlCommandValue(n, a)!)]);
+      sections.push(section(`ioctl commands the kernel sends (fileattr): layout '${a.ioctl.name}', 64-bit forms`, lines));
     }
     return sections.join('\n');
   });

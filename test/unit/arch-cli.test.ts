@@ -97,7 +97,7 @@ test('usage errors exit 2 with one line', async (t) => {
     ['translate', '1', '--from', 'x86_64'],
     ['translate', '--from', 'x86_64', '--to', 'arm64'],
     ['translate', 'O_BOGUS', '--from', 'x86_64', '--to', 'arm64'],
-    ['translate', '1', '--from', 'x86_64', '--to', 'arm64', '--kind', 'ioctl'],
+    ['translate', '1', '--from', 'x86_64', '--to', 'arm64', '--kind', 'poll'],
     ['show', '--arch', 'vax'],
     ['frobnicate'],
     ['show', '--bogus'],
@@ -128,4 +128,13 @@ test('show --json: every architecture with its tables', async (t) => {
   t.is(mips.errno.numbers.ENOTEMPTY, 93);
   t.is(mips.open.bits.O_APPEND, 8);
   t.is(mips.lock.types.F_RDLCK, 0);
+});
+
+test('translate: a fileattr ioctl command by name, re-encoded in the target layout; another command passes', async (t) => {
+  const run = await cli('translate', 'FS_IOC_GETFLAGS', '--from', 'x86_64', '--to', 'ppc64');
+  t.is(run.status, 0, run.stderr);
+  t.regex(run.stdout, /0x80086601 \(x86_64\) -> 0x40086601 \(ppc64\)/);
+  const other = await cli('translate', '0x80045430', '--kind', 'ioctl', '--from', 'x86_64', '--to', 'mips64', '--json');
+  t.is(other.status, 0, other.stderr);
+  t.is(JSON.parse(other.stdout).result, 0x80045430);
 });

@@ -12,12 +12,16 @@ import {
   genericLockTypes,
   genericOpenFlags,
   hostArch,
+  ioctlCommandName,
+  ioctlCommandValue,
+  translator,
   kernelOpenFlags,
   openFlagValue,
   resolveArch,
   type Architecture,
   type ArchFamily,
 } from '../../client/arch/index.ts';
+import { evaluateC } from '../helpers/c-expr.ts';
 
 const SETUP_HINT = 'run `bash scripts/setup.sh --for-tests` (installs the linux-libc-dev-<arch>-cross headers)';
 
@@ -65,42 +69,6 @@ function preprocess(set: HeaderSet, source: string, flags: string[]): string {
     if (e.code === 'ENOENT') throw new Error('cpp (the C preprocessor) is not installed: apt-get install cpp');
     throw new Error(`cpp failed for ${set.label}: ${e.stderr ?? e.message}; ${SETUP_HINT}`);
   }
-}
-
-/** Integer expressions as cpp leaves them: literals, parentheses, ~ -, and | ^ & << >> + -. */
-function evaluateC(expression: string): number {
-  const tokens = expression.match(/0[xX][0-9a-fA-F]+[uUlL]*|\d+[uUlL]*|<<|>>|\S/g) ?? [];
-  let at = 0;
-  const levels = [['|'], ['^'], ['&'], ['<<', '>>'], ['+', '-']];
-  const binary = (level: number): number => {
-    if (level === levels.length) return unary();
-    let left = binary(level + 1);
-    while (levels[level]!.includes(tokens[at] ?? '')) {
-      const op = tokens[at++];
-      const right = binary(level + 1);
-      left = op === '|' ? left | right : op === '^' ? left ^ right : op === '&' ? left & right
-        : op === '<<' ? left << right : op === '>>' ? left >> right : op === '+' ? left + right : left - right;
-    }
-    return left;
-  };
-  const unary = (): number => {
-    const token = tokens[at++];
-    if (token === '(') {
-      const value = binary(0);
-      if (tokens[at++] !== ')') throw new Error(`unbalanced: ${expression}`);
-      return value;
-    }
-    if (token === '~') return ~unary();
-    if (token === '-') return -unary();
-    const literal = token?.replace(/[uUlL]+$/, '') ?? '';
-    if (/^0[xX][0-9a-fA-F]+$/.test(literal)) return parseInt(literal.slice(2), 16);
-    if (/^0[0-7]*$/.test(literal)) return parseInt(literal, 8);
-    if (/^[1-9]\d*$/.test(literal)) return parseInt(literal, 10);
-    throw new Error(`cannot evaluate '${expression}' (at '${token}')`);
-  };
-  const value = binary(0);
-  if (at !== tokens.length) throw new Error(`trailing tokens in '${expression}'`);
-  return value >>> 0;
 }
 
 interface Macro {
@@ -188,6 +156,57 @@ for (const set of headerSets) {
       return;
     }
     compare(t, resolveArch(set.family), readHeaders(set));
+  });
+}
+
+/** sizeof(long) on a triplet: 8 on the 64-bit ones. */
+const longBytes = (label: string) => (/^(x86_64|aarch64|alpha|mips64|powerpc64|riscv64|s390x|sparc64)|^host/.test(label) ? 8 : 4);
+const IOCTL_NAMES = ['FS_IOC_GETFLAGS', 'FS_IOC_SETFLAGS', 'FS_IOC32_GETFLAGS', 'FS_IOC32_SETFLAGS', 'FS_IOC_FSGETXATTR', 'FS_IOC_FSSETXATTR'];
+
+/** The fileattr ioctl commands as linux/fs.h defines them for `set`, sizeof() replaced by the triplet's sizes. */
+function readIoctls(set: HeaderSet): Map<string, number> {
+  const probe = '#include <linux/fs.h>\n' + IOCTL_NAMES.map((n) => `@@ "${n}" = ${n}\n`).join('');
+  const sizes: Record<string, number> = { long: longBytes(set.label), int: 4, 'struct fsxattr': 28 };
+  const values = new Map<string, number>();
+  for (const m of preprocess(set, probe, ['-P']).matchAll(/^@@ "(\w+)" = (.*)$/gm)) {
+    const expression = m[2]!.replace(/\(unsigned int\)/g, "").replace(/sizeof\(([^)]+)\)/g, (_, type: string) => {
+      const size = sizes[type.trim()];
+      if (size === undefined) throw new Error(`${m[1]}: sizeof(${type}) unknown`);
+      return String(size);
+    });
+    values.set(m[1]!, evaluateC(expression));
+  }
+  return values;
+}
+
+for (const set of headerSets) {
+  test(`${set.label}: the fileattr ioctl commands of the ${set.family} layout equal linux/fs.h's`, (t) => {
+    const probe = set.include === undefined ? '/usr/include/linux/fs.h' : `${set.include}/linux/fs.h`;
+    if (!existsSync(probe)) {
+      t.fail(`${probe} is missing: ${set.include === undefined ? 'install linux-libc-dev' : SETUP_HINT}`);
+      return;
+    }
+    const arch = resolveArch(set.family);
+    const headers = readIoctls(set);
+    t.deepEqual([...headers.keys()].sort(), [...IOCTL_NAMES].sort(), 'every command found');
+    for (const name of IOCTL_NAMES) {
+      t.is(ioctlCommandValue(name, arch, longBytes(set.label)), headers.get(name), name);
+    }
+    // Each header value names its command back (4-byte flags commands as FS_IOC32_*).
+    t.is(ioctlCommandName(headers.get('FS_IOC_FSSETXATTR')!, arch), 'FS_IOC_FSSETXATTR');
+    t.is(ioctlCommandName(headers.get('FS_IOC32_GETFLAGS')!, arch), 'FS_IOC32_GETFLAGS');
+    // From x86_64 (the canonical encoding) to this triplet and back: the header's own values.
+    const x86 = resolveArch('x86_64');
+    const out = translator('ioctl', x86, arch);
+    const back = translator('ioctl', arch, x86);
+    for (const name of IOCTL_NAMES) {
+      const x86Value = ioctlCommandValue(name, x86, longBytes(set.label))!;
+      t.is(out.translate(x86Value), headers.get(name)!, `x86_64 ${name} -> ${set.label}`);
+      t.is(back.translate(headers.get(name)!), x86Value, `${set.label} ${name} -> x86_64`);
+    }
+    // A command the kernel does not interpret passes untouched (FS_IOC_GETVERSION, _IOR('v', 1, long)).
+    const getVersion = ((2 << 30) | (8 << 16) | (0x76 << 8) | 1) >>> 0;
+    t.is(out.translate(getVersion), getVersion);
   });
 }
 
