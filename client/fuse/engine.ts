@@ -24,7 +24,7 @@ import {
 } from '../protocol/index.ts';
 import { TransportError } from '../transport/transport.ts';
 import { fill, type Slot, type VirtioFsDevice } from '../virtio/virtio-fs-device.ts';
-import { DATA_AT, REPLY_AT, REQUEST_AT } from './slot-layout.ts';
+import { DATA_AT, REPLY_AT, REPLY_ROOM, REQUEST_AT } from './slot-layout.ts';
 import type { WireTranslation } from './wire-translation.ts';
 
 /**
@@ -38,6 +38,7 @@ const REPLY_UNIQUE_AT = REPLY_AT + fuse_out_header.offsetOf('unique');
 const REQUEST_UNIQUE_AT = REQUEST_AT + fuse_in_header.offsetOf('unique');
 const BODY_AT = REPLY_AT + fuse_out_header.size;
 const NO_SEGMENTS: readonly number[] = [];
+const MAX_FIXED_REPLY = REPLY_ROOM - fuse_out_header.size;
 
 /** Why the engine failed a request: an errno name (in no encoding yet) and one line saying why. */
 export class EngineFailure extends Error {
@@ -107,6 +108,10 @@ export class RequestEngine {
     into.requested = requested;
     if (into.room.data > this.dataRoom) {
       throw new EngineFailure('EIO', `${opcodeName(opcode)}: a reply of ${into.room.data} bytes exceeds the ${this.dataRoom}-byte buffers`);
+    }
+    // IOCTL's out data rides in the fixed room, behind fuse_ioctl_out: 4,064 bytes at most.
+    if (into.room.fixed > MAX_FIXED_REPLY) {
+      throw new EngineFailure('EIO', `${opcodeName(opcode)}: a reply of ${into.room.fixed} bytes exceeds the ${MAX_FIXED_REPLY}-byte reply area`);
     }
     return into;
   }

@@ -8,7 +8,7 @@ import { translator, type Architecture, type Dropped, type Translator } from '..
 import * as abi from '../protocol/abi.ts';
 import { Opcode } from '../protocol/opcodes.ts';
 
-type Kind = 'open' | 'lock';
+type Kind = 'open' | 'lock' | 'ioctl';
 
 /** A u32 field to translate: its place from the start of the opcode's argument struct, and its name. */
 const field = (kind: Kind, offset: number, name: string) => ({ kind, offset, name });
@@ -29,6 +29,8 @@ const requestFields: ReadonlyMap<number, readonly { kind: Kind; offset: number; 
   [Opcode.GETLK, [lockType]],
   [Opcode.SETLK, [lockType]],
   [Opcode.SETLKW, [lockType]],
+  // The fileattr commands the kernel sends itself (lsattr, chattr); other commands pass as they are.
+  [Opcode.IOCTL, [field('ioctl', abi.fuse_ioctl_in.offsetOf('cmd'), 'fuse_ioctl_in.cmd')]],
 ]);
 
 /**
@@ -36,10 +38,16 @@ const requestFields: ReadonlyMap<number, readonly { kind: Kind; offset: number; 
  * architecture-dependent verdict, and a test holds the two to the same list).
  */
 export const TRANSLATED_FIELDS: readonly string[] = [
-  ...new Set([...[...requestFields.values()].flat().map((f) => f.name), 'fuse_file_lock.type', 'fuse_out_header.error']),
+  ...new Set([
+    ...[...requestFields.values()].flat().map((f) => f.name),
+    'fuse_file_lock.type',
+    'fuse_out_header.error',
+    'fuse_ioctl_out.result',
+  ]),
 ];
 
 const replyLockType = abi.fuse_lk_out.offsetOf('lk') + abi.fuse_file_lock.offsetOf('type');
+const replyIoctlResult = abi.fuse_ioctl_out.offsetOf('result');
 
 export class WireTranslation {
   /** Nothing to do: client and wire share every encoding. */
@@ -47,6 +55,7 @@ export class WireTranslation {
   private readonly openOut: Translator;
   private readonly lockOut: Translator;
   private readonly lockIn: Translator;
+  private readonly ioctlOut: Translator;
   private readonly errnoIn: Translator;
   private readonly onDrop: (d: Dropped) => void;
 
@@ -58,8 +67,9 @@ export class WireTranslation {
     this.openOut = translator('open', client, wire);
     this.lockOut = translator('lock', client, wire);
     this.lockIn = translator('lock', wire, client);
+    this.ioctlOut = translator('ioctl', client, wire);
     this.errnoIn = translator('errno', wire, client);
-    this.identity = this.openOut.identity && this.lockOut.identity && this.errnoIn.identity;
+    this.identity = this.openOut.identity && this.lockOut.identity && this.ioctlOut.identity && this.errnoIn.identity;
     this.onDrop = (d) => log(`arch ${client.name}->${wire.name}: ${d.kind} ${d.name} (${d.value}) not carried: ${d.reason}`);
   }
 
@@ -79,7 +89,7 @@ export class WireTranslation {
     if (!list) return;
     for (const f of list) {
       const at = argAt + f.offset;
-      const t = f.kind === 'open' ? this.openOut : this.lockOut;
+      const t = f.kind === 'open' ? this.openOut : f.kind === 'lock' ? this.lockOut : this.ioctlOut;
       view.setUint32(at, t.translate(view.getUint32(at, true), this.onDrop), true);
     }
   }
@@ -89,10 +99,19 @@ export class WireTranslation {
     return this.errnoIn.translate(deviceErrno, this.onDrop);
   }
 
-  /** Translates reply body fields (GETLK's lock type) of a successful reply in place. */
+  /**
+   * Translates reply body fields of a successful reply in place: GETLK's lock type, and IOCTL's
+   * result when it is a negative errno (ENOTTY and the like, in the device's encoding).
+   */
   reply(opcode: number, view: DataView, bodyAt: number): void {
-    if (this.identity || opcode !== Opcode.GETLK) return;
-    const at = bodyAt + replyLockType;
-    view.setUint32(at, this.lockIn.translate(view.getUint32(at, true)), true);
+    if (this.identity) return;
+    if (opcode === Opcode.GETLK) {
+      const at = bodyAt + replyLockType;
+      view.setUint32(at, this.lockIn.translate(view.getUint32(at, true)), true);
+    } else if (opcode === Opcode.IOCTL) {
+      const at = bodyAt + replyIoctlResult;
+      const result = view.getInt32(at, true);
+      if (result < 0) view.setInt32(at, -this.errno(-result), true);
+    }
   }
 }

@@ -10,11 +10,13 @@ import * as abi from './abi.ts';
 
 /**
  * `open-flags`, `errno`, `lock-type`: architecture-dependent and translated (wire-translation.ts).
- * `ioctl-cmd`, `poll-events`: architecture-dependent, not translated (this client sends neither
- * IOCTL nor POLL; see `why`). `independent`: the same on every Linux architecture. `struct`: a
+ * `ioctl-cmd`: architecture-dependent; the commands the kernel itself interprets (fileattr:
+ * lsattr/chattr) are translated, every other command passes untouched (client/arch/ioctl.ts).
+ * `ioctl-arg`: architecture-dependent per command and ABI, not translated (no table can know it).
+ * `poll-events`: architecture-dependent, not translated (this client does not send POLL). `independent`: the same on every Linux architecture. `struct`: a
  * nested struct, whose own fields carry the verdicts.
  */
-export type FieldArch = 'open-flags' | 'errno' | 'lock-type' | 'ioctl-cmd' | 'poll-events' | 'independent' | 'struct';
+export type FieldArch = 'open-flags' | 'errno' | 'lock-type' | 'ioctl-cmd' | 'ioctl-arg' | 'poll-events' | 'independent' | 'struct';
 
 export interface FieldVerdict {
   arch: FieldArch;
@@ -284,14 +286,14 @@ export const FIELD_VERDICTS: Readonly<Record<string, FieldVerdict>> = {
   'fuse_ioctl_in.flags': FUSE_FLAGS,
   'fuse_ioctl_in.cmd': v(
     'ioctl-cmd',
-    'ioctl numbers carry direction and size bits that differ on mips, powerpc, sparc, alpha, parisc (and long\'s size on 32-bit ones); not translated: this client does not send IOCTL',
+    'ioctl numbers carry direction and size bits laid out differently on mips, powerpc, sparc, alpha, parisc (and long\'s size on 32-bit ones): the fileattr commands the kernel sends itself (FS_IOC_GETFLAGS/SETFLAGS, their 32-bit forms, FS_IOC_FSGETXATTR/FSSETXATTR) are translated; any other command passes untouched, its meaning is the device\'s'
   ),
-  'fuse_ioctl_in.arg': v('ioctl-cmd', 'the argument (a value or a pointer) is per command and per ABI'),
+  'fuse_ioctl_in.arg': v('ioctl-arg', 'the argument (a value or a pointer) is per command and per ABI'),
   'fuse_ioctl_in.in_size': INT,
   'fuse_ioctl_in.out_size': INT,
-  'fuse_ioctl_iovec.base': v('ioctl-cmd', 'a pointer in the client\'s address space (unrestricted ioctls, CUSE only)'),
+  'fuse_ioctl_iovec.base': v('ioctl-arg', 'a pointer in the client\'s address space (unrestricted ioctls, CUSE only)'),
   'fuse_ioctl_iovec.len': INT,
-  'fuse_ioctl_out.result': v('ioctl-cmd', 'the ioctl\'s return value, or a negative errno (translated like any errno where an ioctl is)'),
+  'fuse_ioctl_out.result': v('errno', 'the ioctl\'s return value, or a negative errno: translated like any errno'),
   'fuse_ioctl_out.flags': FUSE_FLAGS,
   'fuse_ioctl_out.in_iovs': INT,
   'fuse_ioctl_out.out_iovs': INT,
@@ -365,12 +367,13 @@ export function declaredFields(): string[] {
 
 /** docs/arch-negotiation.md's field table: every declared field and its verdict, architecture-dependent ones first. */
 export function fieldTableMarkdown(): string {
-  const order: FieldArch[] = ['open-flags', 'errno', 'lock-type', 'ioctl-cmd', 'poll-events', 'independent', 'struct'];
+  const order: FieldArch[] = ['open-flags', 'errno', 'lock-type', 'ioctl-cmd', 'ioctl-arg', 'poll-events', 'independent', 'struct'];
   const label: Record<FieldArch, string> = {
     'open-flags': 'open flags: translated',
     errno: 'errno: translated',
     'lock-type': 'lock type: translated',
-    'ioctl-cmd': 'ioctl: not translated',
+    'ioctl-cmd': 'ioctl command: translated where the kernel interprets it',
+    'ioctl-arg': 'ioctl argument: not translated',
     'poll-events': 'poll events: not translated',
     independent: 'independent',
     struct: 'nested struct',

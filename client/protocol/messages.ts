@@ -21,7 +21,9 @@ export type ReplyShape =
   /** GETXATTR/LISTXATTR: fuse_getxattr_out when the request's size is 0, else bytes. */
   | { readonly kind: 'xattr' }
   /** FUSE_INIT: fuse_init_out, shorter from old devices. */
-  | { readonly kind: 'init' };
+  | { readonly kind: 'init' }
+  /** IOCTL: fuse_ioctl_out, then up to the request's out_size bytes, all in the fixed room. */
+  | { readonly kind: 'ioctl' };
 
 export interface MessageShape {
   readonly arg?: Struct<any>;
@@ -89,6 +91,9 @@ export const messages = {
   SYNCFS: { arg: abi.fuse_syncfs_in, reply: empty },
   TMPFILE: { arg: abi.fuse_create_in, names: 1, reply: { kind: 'entry+open' } },
   STATX: { arg: abi.fuse_statx_in, reply: { kind: 'struct', struct: abi.fuse_statx_out } },
+  // The kernel sends it for lsattr/chattr (fileattr) and for ioctl(2) on a file, restricted: in_size
+  // bytes follow fuse_ioctl_in, and the reply carries at most out_size.
+  IOCTL: { arg: abi.fuse_ioctl_in, data: true, reply: { kind: 'ioctl' } },
 } as const satisfies Partial<Record<OpcodeName, MessageShape>>;
 
 export type SupportedOpcode = keyof typeof messages;
@@ -135,6 +140,9 @@ export function replyRoom(opcode: number, requestedSize = 0, into: ReplyRoom = {
     case 'init':
       fixed = abi.fuse_init_out.size;
       break;
+    case 'ioctl':
+      fixed = abi.fuse_ioctl_out.size + requestedSize;
+      break;
     case 'xattr':
       if (requestedSize === 0) fixed = abi.fuse_getxattr_out.size;
       else data = requestedSize;
@@ -154,10 +162,11 @@ export function replyRoom(opcode: number, requestedSize = 0, into: ReplyRoom = {
 const ENTRY_OPEN_SIZE = abi.fuse_entry_out.size + abi.fuse_open_out.size;
 const READ_SIZE_AT = abi.fuse_read_in.offsetOf('size');
 const GETXATTR_SIZE_AT = abi.fuse_getxattr_in.offsetOf('size');
+const IOCTL_OUT_SIZE_AT = abi.fuse_ioctl_in.offsetOf('out_size');
 
 /**
  * The size a request asks its reply's data to fit in (READ, READDIR*,
- * GETXATTR, LISTXATTR), read from the argument struct at `argAt`; undefined
+ * GETXATTR, LISTXATTR; IOCTL its out_size), read from the argument struct at `argAt`; undefined
  * for other opcodes. READLINK states none: its limit is the buffer offered.
  */
 export function requestedReplySize(opcode: number, view: DataView, argAt: number): number | undefined {
@@ -169,6 +178,8 @@ export function requestedReplySize(opcode: number, view: DataView, argAt: number
     case Opcode.GETXATTR:
     case Opcode.LISTXATTR:
       return view.getUint32(argAt + GETXATTR_SIZE_AT, true);
+    case Opcode.IOCTL:
+      return view.getUint32(argAt + IOCTL_OUT_SIZE_AT, true);
     default:
       return undefined;
   }

@@ -73,6 +73,27 @@ function checkStruct(opcode: number, s: Struct<unknown>, bodyLen: number): void 
 }
 
 const ENTRY_OPEN_SIZE = abi.fuse_entry_out.size + abi.fuse_open_out.size;
+const IOCTL_RESULT = abi.fuse_ioctl_out.offsetOf('result');
+const IOCTL_FLAGS = abi.fuse_ioctl_out.offsetOf('flags');
+/** fuse_ioctl_out.flags: the device asks to be sent the named iovecs (unrestricted ioctls, CUSE only). */
+const FUSE_IOCTL_RETRY = 1 << 2;
+
+/** fuse_ioctl_out, then at most the out_size the request asked for. */
+function checkIoctlReply(opcode: number, view: DataView, at: number, bodyLen: number, limit: number | undefined): void {
+  const s = abi.fuse_ioctl_out as Struct<unknown>;
+  if (bodyLen < s.size) {
+    const cut = s.fields.find((f) => f.offset + f.size > bodyLen)!;
+    throw new ProtocolError(opcode, `${s.name}.${cut.name}`, `body is ${bodyLen} bytes, ${s.name} alone is ${s.size}`);
+  }
+  if ((view.getUint32(at + IOCTL_FLAGS, true) & FUSE_IOCTL_RETRY) !== 0) {
+    throw new ProtocolError(opcode, 'fuse_ioctl_out.flags', 'FUSE_IOCTL_RETRY in answer to a restricted ioctl (only CUSE servers may ask for one)');
+  }
+  const result = view.getInt32(at + IOCTL_RESULT, true);
+  if (result < -MAX_ERRNO) throw new ProtocolError(opcode, 'fuse_ioctl_out.result', `result ${result} is neither a return value nor a negative errno`);
+  if (limit !== undefined && bodyLen - s.size > limit) {
+    throw new ProtocolError(opcode, 'body', `${bodyLen - s.size} bytes after fuse_ioctl_out, more than the out_size ${limit}`);
+  }
+}
 
 function checkLimit(opcode: number, bodyLen: number, limit: number | undefined): void {
   if (limit !== undefined && bodyLen > limit) throw new ProtocolError(opcode, 'body', `${bodyLen} bytes, more than the ${limit} requested`);
@@ -108,6 +129,8 @@ export function checkReplyBody(opcode: number, view: DataView, at: number, bodyL
       return checkLimit(opcode, bodyLen, requestedSize);
     case 'init':
       throw new ProtocolError(opcode, 'body', 'INIT replies are decoded by decodeInitReply');
+    case 'ioctl':
+      return checkIoctlReply(opcode, view, at, bodyLen, requestedSize);
   }
 }
 
@@ -119,7 +142,9 @@ export type ReplyBody =
   | { kind: 'bytes'; offset: number; length: number }
   | { kind: 'dirents'; entries: Dirent[] }
   | { kind: 'direntplus'; entries: DirentPlus[] }
-  | { kind: 'xattr-size'; size: number };
+  | { kind: 'xattr-size'; size: number }
+  /** IOCTL: the ioctl's result (a negative errno already in the client's encoding) and its out data. */
+  | { kind: 'ioctl'; result: number; flags: number; offset: number; length: number };
 
 export interface ReplyContext {
   /** The size the request asked for: READ/READDIR/GETXATTR/LISTXATTR size, READLINK's page. */
@@ -158,6 +183,10 @@ export function decodeReplyBody(
       return limit === 0 ? { kind: 'xattr-size', size: abi.fuse_getxattr_out.decode(view, at).size } : { kind: 'bytes', offset: at, length: bodyLen };
     case 'init':
       throw new ProtocolError(opcode, 'body', 'INIT replies are decoded by decodeInitReply');
+    case 'ioctl': {
+      const size = abi.fuse_ioctl_out.size;
+      return { kind: 'ioctl', result: view.getInt32(at + IOCTL_RESULT, true), flags: view.getUint32(at + IOCTL_FLAGS, true), offset: at + size, length: bodyLen - size };
+    }
   }
 }
 

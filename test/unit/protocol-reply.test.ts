@@ -217,3 +217,22 @@ test('requests that cannot be sent as asked are refused before they go', (t) => 
   t.throws(() => encodeRequest(view, 0, 'LOOKUP', header, { names: [] }), { instanceOf: TypeError, message: /takes 1 name/ });
   t.throws(() => encodeRequest(view, 0, 'GETATTR', header, { dataLength: 4 }), { instanceOf: TypeError, message: /carries no data/ });
 });
+
+test('IOCTL: fuse_ioctl_out then at most out_size bytes; a short one, a retry, an impossible result and too much data are named', (t) => {
+  const body = (result: number, flags: number, extra: number) => {
+    const bytes = new Uint8Array(16 + extra);
+    const view = new DataView(bytes.buffer);
+    view.setInt32(0, result, true);
+    view.setUint32(4, flags, true);
+    return view;
+  };
+  const field = (f: () => void) => (t.throws(f, { instanceOf: ProtocolError }) as ProtocolError).field;
+  t.notThrows(() => checkReplyBody(Opcode.IOCTL, body(0, 0, 4), 0, 20, 4));
+  t.notThrows(() => checkReplyBody(Opcode.IOCTL, body(-25, 0, 0), 0, 16, 4), 'an errno in result, no data');
+  t.is(field(() => checkReplyBody(Opcode.IOCTL, body(0, 0, 0), 0, 6, 4)), 'fuse_ioctl_out.flags');
+  t.is(field(() => checkReplyBody(Opcode.IOCTL, body(0, 1 << 2, 0), 0, 16, 4)), 'fuse_ioctl_out.flags');
+  t.is(field(() => checkReplyBody(Opcode.IOCTL, body(-5000, 0, 0), 0, 16, 4)), 'fuse_ioctl_out.result');
+  t.is(field(() => checkReplyBody(Opcode.IOCTL, body(0, 0, 8), 0, 24, 4)), 'body');
+  const decoded = decodeReplyBody(Opcode.IOCTL, body(3, 0, 4), 0, 20, { requestedSize: 4 });
+  t.deepEqual(decoded, { kind: 'ioctl', result: 3, flags: 0, offset: 16, length: 4 });
+});
