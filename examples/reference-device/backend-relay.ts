@@ -112,6 +112,18 @@ export class BackendRelay {
     this.engine().translation = translation;
   }
 
+  /**
+   * The backend's inode number of `nodeid` (a GETATTR of the device's own, outside the frontend's
+   * requests): how the device finds a node's file in its directory (fileattr.ts).
+   */
+  inodeOf(nodeid: bigint): Promise<bigint> {
+    if (!this.session) throw new EngineFailure('EIO', 'backend session not initialised');
+    return this.session.call('GETATTR', nodeid, { arg: {} }, {}, (r) => {
+      if (r.body.kind !== 'struct') throw new EngineFailure('EIO', 'GETATTR: no attributes');
+      return BigInt((r.body.value as { attr: { ino: bigint | number } }).attr.ino);
+    });
+  }
+
   /** The backend's INIT, once done: for logs. */
   describe(): string[] {
     return this.session?.describe() ?? [];

@@ -15,6 +15,7 @@ import type { WireTranslation } from '../../client/fuse/wire-translation.ts';
 import { FUSE_KERNEL_VERSION, Opcode, ProtocolError, fuse_in_header, fuse_init_out, fuse_out_header, opcodeName } from '../../client/protocol/index.ts';
 import { EngineFailure } from '../../client/fuse/engine.ts';
 import { BackendRelay, type FrontendRequest } from './backend-relay.ts';
+import { FileattrServer } from './fileattr.ts';
 import type { Chain } from './device-ring.ts';
 import { decideArch, initReply, majorOnlyReply, readClientInit, translationFor, type ArchAnswer } from './negotiation.ts';
 import type { DeviceModel, RunningQueue } from './vhost-user-backend.ts';
@@ -30,6 +31,8 @@ export interface FsDeviceOptions {
   requestQueues: number;
   log: (line: string) => void;
   trace?: (line: string) => void;
+  /** Serves the fileattr ioctls itself on this directory (the backend's shared directory): fileattr.ts. */
+  fileattrDir?: string;
 }
 
 /** A chain that does not hold a well-formed request; `unique` when the header could be read. */
@@ -52,6 +55,7 @@ export class ReferenceFsDevice implements DeviceModel {
   private readonly log: (line: string) => void;
   /** What the arch negotiation settled, for logs and tests. */
   negotiated: string | undefined;
+  private readonly fileattr: FileattrServer | undefined;
 
   constructor(
     private readonly backend: BackendRelay,
@@ -59,6 +63,7 @@ export class ReferenceFsDevice implements DeviceModel {
   ) {
     this.queueCount = 1 + options.requestQueues;
     this.log = options.log;
+    if (options.fileattrDir !== undefined) this.fileattr = new FileattrServer(options.fileattrDir, options.arch, backend, options.log, options.trace);
   }
 
   queueStarted(queue: RunningQueue): void {
@@ -139,6 +144,7 @@ export class ReferenceFsDevice implements DeviceModel {
         queue.complete(chain.head, 0);
         return;
       }
+      if (opcode === Opcode.IOCTL && this.fileattr && (await this.fileattr.serve(request, this.translation!, respond))) return;
       await this.backend.forward(request, respond);
     } catch (error) {
       if (!(error instanceof EngineFailure || error instanceof ProtocolError)) {

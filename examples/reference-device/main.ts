@@ -22,7 +22,7 @@ import { Listener } from './listener.ts';
 import { ARCH_ANSWERS, type ArchAnswer } from './negotiation.ts';
 import { VhostUserBackend } from './vhost-user-backend.ts';
 
-const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<socket> [--arch <name>] [--answer translate|canonical|legacy|device] [--queues <n>] [--trace]
+const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<socket> [--arch <name>] [--answer translate|canonical|legacy|device] [--queues <n>] [--fileattr-dir <dir>] [--trace]
 
   --socket   where to listen for the vhost-user frontend
   --backend  the real device to relay to (a running virtiofsd)
@@ -34,6 +34,10 @@ const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<soc
                legacy     (c) answer nothing: values pass through as they come
                device     (d) name --arch and ask the client to translate to it
   --queues   request queues to offer (default 1)
+  --fileattr-dir
+             serve the fileattr ioctls (lsattr, chattr) itself on this
+             directory, the backend's shared one, reading each command in
+             --arch's encoding (neither real virtiofsd implements FUSE_IOCTL)
   --trace    log every request and reply, decoded`;
 
 interface Options {
@@ -42,6 +46,7 @@ interface Options {
   arch: Architecture;
   answer: ArchAnswer;
   queues: number;
+  fileattrDir: string | undefined;
   trace: boolean;
 }
 
@@ -54,6 +59,7 @@ function parseOptions(argv: string[]): Options {
       arch: { type: 'string' },
       answer: { type: 'string', default: 'translate' },
       queues: { type: 'string', default: '1' },
+      'fileattr-dir': { type: 'string' },
       trace: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -73,6 +79,7 @@ function parseOptions(argv: string[]): Options {
     arch: values.arch ? resolveArch(values.arch) : hostArch(),
     answer: values.answer as ArchAnswer,
     queues,
+    fileattrDir: values['fileattr-dir'],
     trace: values.trace,
   };
 }
@@ -97,7 +104,7 @@ async function main(): Promise<void> {
   } catch (error) {
     throw new Error(`cannot reach the backend ${options.backend}: ${(error as Error).message}`);
   }
-  const device = new ReferenceFsDevice(backend, { arch: options.arch, answer: options.answer, requestQueues: options.queues, log, trace });
+  const device = new ReferenceFsDevice(backend, { arch: options.arch, answer: options.answer, requestQueues: options.queues, log, trace, fileattrDir: options.fileattrDir });
   const listener = Listener.listen(options.socket);
   let server: VhostUserBackend | undefined;
   let stopping = false;

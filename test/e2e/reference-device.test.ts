@@ -162,6 +162,82 @@ test('--queues 2 through a mount: the relay runs one thread per request queue, e
   }
 });
 
+// The fileattr ioctls (lsattr, chattr) through a ppc64 device: Debian's ppc64el virtiofsd under
+// qemu-user behind the reference device as ppc64, which serves these ioctls itself on the
+// virtiofsd's directory (neither real virtiofsd implements FUSE_IOCTL: both answer ENOSYS), reading
+// each command in ppc64's layout. What decides is whether the command reaches it in that layout.
+const PPC_ANSWERS = [
+  { answer: 'translate', works: true, how: 'the device translates x86 -> ppc64 (a)' },
+  { answer: 'canonical', works: true, how: 'x86 on the wire, the device translates (b)' },
+  { answer: 'device', works: true, how: 'the client translates to ppc64 (d)' },
+  { answer: 'legacy', works: false, how: 'nobody translates (c): x86 FS_IOC_GETFLAGS is _IOW(\'f\', 1, 8) to ppc64' },
+] as const;
+for (const { answer, works, how } of PPC_ANSWERS) {
+  test(`fileattr through a mount, ppc64 device answering ${answer}: lsattr/chattr ${works ? 'work' : 'fail'}: ${how}`, async (t) => {
+    if (!requireRoot(t)) return;
+    for (const tool of ['lsattr', 'chattr']) {
+      if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) return t.fail(`${tool} is missing (e2fsprogs): run bash scripts/setup.sh --for-tests`);
+    }
+    const dir = mkdtempSync(join(tmpdir(), 'vfs-refdev-fileattr-'));
+    const sockets = mkdtempSync(join(tmpdir(), 'vfs-refdev-fileattr-sock-'));
+    const mnt = mkdtempSync(join(tmpdir(), 'vfs-refdev-fileattr-mnt-'));
+    writeFileSync(join(dir, 'f'), 'x');
+    mkdirSync(join(dir, 'sub'));
+    const daemon = await Virtiofsd.start({ sharedDir: dir, ...(await foreign('ppc64el')) });
+    let device: DeviceProcess | undefined;
+    let relay: FuseRelay | undefined;
+    const sh = (command: string) => spawnSync('sh', ['-c', command], { encoding: 'utf8', timeout: 30_000 });
+    try {
+      device = await startDevice(daemon.socketPath, join(sockets, 'device.sock'), ['--arch', 'ppc64', '--answer', answer, '--fileattr-dir', dir]);
+      relay = await FuseRelay.mount({ transport: `vhost-user:${device.socket}`, mountpoint: mnt, log: () => {} });
+      t.teardown(() => {
+        if (!t.passed) t.log(device!.output.slice(-30).join('\n'));
+      });
+      const f = join(mnt, 'f');
+      if (!works) {
+        const r = sh(`lsattr ${f}`);
+        t.not(r.status, 0, 'lsattr fails');
+        t.regex(r.stderr, /Operation not supported/, r.stderr);
+        t.is(sh(`chattr +d ${f}`).status, 1, 'chattr fails');
+        t.notRegex(sh(`lsattr ${join(dir, 'f')}`).stdout.split(' ')[0]!, /d/, 'nothing changed on the device');
+        return;
+      }
+      const host = (name: string) => sh(`lsattr -d ${join(dir, name)}`).stdout.split(' ')[0]!;
+      const mounted = (name: string) => {
+        const r = sh(`lsattr -d ${join(mnt, name)}`);
+        t.is(r.status, 0, `lsattr ${name}: ${r.stderr}`);
+        return r.stdout.split(' ')[0]!;
+      };
+      t.is(mounted('f'), host('f'), 'lsattr (FS_IOC_GETFLAGS) shows what the host has');
+      t.is(sh(`chattr +d ${f}`).status, 0, 'chattr +d (FS_IOC_GETFLAGS, FS_IOC_SETFLAGS)');
+      t.regex(host('f'), /d/, 'the nodump flag is on the file on the device');
+      t.is(mounted('f'), host('f'));
+      t.is(sh(`chattr +d ${join(mnt, 'sub')}`).status, 0, 'on a directory too');
+      t.regex(host('sub'), /d/);
+      t.is(sh(`chattr -d ${f}`).status, 0);
+      t.notRegex(host('f'), /d/, 'and off again');
+      // FS_IOC_FSGETXATTR and FS_IOC_FSSETXATTR: the project id (0: this ext4 has no project quota).
+      const project = sh(`lsattr -p ${f}`);
+      t.is(project.status, 0, `lsattr -p: ${project.stderr}`);
+      t.regex(project.stdout, /^\s*0 /, project.stdout);
+      t.is(sh(`chattr -p 0 ${f}`).status, 0, 'chattr -p 0 (FS_IOC_FSSETXATTR)');
+      // The host's EOPNOTSUPP (a project id without the feature) comes back by name.
+      const refused = sh(`chattr -p 42 ${f}`);
+      t.not(refused.status, 0);
+      t.regex(refused.stderr, /Operation not supported/, refused.stderr);
+    } finally {
+      await relay?.unmount();
+      if (device && device.child.exitCode === null && device.child.signalCode === null) {
+        await Promise.race([device.exited, sleep(10_000)]);
+        if (device.child.exitCode === null) device.child.kill('SIGKILL');
+      }
+      await daemon.stop();
+      spawnSync('chattr', ['-d', join(dir, 'f'), join(dir, 'sub')]);
+      for (const d of [dir, sockets, mnt]) rmSync(d, { recursive: true, force: true });
+    }
+  });
+}
+
 const cli = (...args: string[]) => spawnSync(process.execPath, ['bin/virtiofs-client.js', ...args], { encoding: 'utf8', timeout: 120_000 });
 
 /** A foreign virtiofsd on a fresh directory with the reference device answering (d) in front of it; `fn` gets the device's socket. */
