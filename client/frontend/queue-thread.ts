@@ -481,8 +481,9 @@ export class QueueThread {
     this.finish(s, errno !== 0);
   };
 
+  // An entry with a token (a len beyond its chain) fails that request, logged by the engine naming
+  // the opcode and the field; one without has broken the queue, logged by complete().
   private readonly onProblem = (problem: UsedRingProblem<number>): void => {
-    this.post({ kind: 'log', line: `${problem.queue}: used ring entry ${problem.usedIndex}: ${problem.field}=${problem.value}: ${problem.reason}` });
     const s = problem.token;
     if (s === undefined) return;
     this.inFlight--;

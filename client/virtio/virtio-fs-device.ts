@@ -374,6 +374,7 @@ export class VirtioFsDevice {
     do {
       q.drainUsed(this.onUsed, this.onProblem);
       if (q.brokenReason) {
+        this.log(`${q.name}: ${q.brokenReason}; the device is failed`);
         this.fail(new TransportError(`${q.name}: ${q.brokenReason}`, 'EPROTO'));
         return;
       }
@@ -382,8 +383,9 @@ export class VirtioFsDevice {
 
   private readonly onUsed = (index: number, usedLen: number): void => this.settle(index, usedLen);
 
+  // An entry with a token (a len beyond its chain) fails that request: the engine logs it, naming
+  // the opcode and the field. One without breaks the queue, logged where the break is handled.
   private readonly onProblem = (problem: UsedRingProblem<number>): void => {
-    this.log(`${problem.queue}: used ring entry ${problem.usedIndex}: ${problem.field}=${problem.value}: ${problem.reason}`);
     if (problem.token !== undefined) {
       this.settle(problem.token, new TransportError(`${problem.queue}: ${problem.reason}`, 'EIO'));
     }

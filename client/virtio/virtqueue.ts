@@ -388,11 +388,11 @@ export class Virtqueue<T> {
 
   /**
    * Processes every used entry the device has published: onComplete(token,
-   * writtenLen) for good ones, onProblem for entries that name no in-flight
-   * chain or claim more bytes than the chain could hold; those never touch
-   * the free list except to reclaim a chain that was really in flight. A used
-   * idx further ahead than the queue size marks the queue broken (see
-   * failAll). Callbacks may add() new requests. Returns the number of
+   * writtenLen) for good ones, onProblem (with the token) for an entry that
+   * claims more bytes than its chain could hold, whose chain is reclaimed. An
+   * entry that names no in-flight chain (out of range, not a head, completed
+   * already) or a used idx further ahead than the queue size marks the queue
+   * broken and stops the drain (see failAll). Callbacks may add() new requests. Returns the number of
    * onComplete calls.
    */
   drainUsed(
@@ -417,13 +417,17 @@ export class Virtqueue<T> {
       const len = this.used32[element + 1]!;
       this.lastUsedIdx = (position + 1) & U16_MASK;
 
-      if (id >= this.size) {
-        onProblem(this.problem(position, 'id', id, `id ${id} is out of range for queue size ${this.size}`, undefined));
-      } else if (this.headState[id] !== HEAD_IN_FLIGHT) {
+      if (id >= this.size || this.headState[id] !== HEAD_IN_FLIGHT) {
+        // The device has lost track of its chains: the request it meant never completes, and once a
+        // head is reused a stale entry would complete the wrong request. The queue is broken, as
+        // Linux's virtio_ring marks it (BAD_RING): everything in flight fails (failAll).
         const reason =
-          this.headState[id] === HEAD_COMPLETED
-            ? `id ${id} was already completed (duplicate used entry)`
-            : `id ${id} is not the head of an in-flight chain`;
+          id >= this.size
+            ? `id ${id} is out of range for queue size ${this.size}`
+            : this.headState[id] === HEAD_COMPLETED
+              ? `id ${id} was already completed (duplicate used entry)`
+              : `id ${id} is not the head of an in-flight chain`;
+        this.broken = `device wrote a corrupt used ring: ${reason}`;
         onProblem(this.problem(position, 'id', id, reason, undefined));
       } else if (len > this.chainWritableBytes[id]!) {
         const reason = `len ${len} exceeds the ${this.chainWritableBytes[id]} device-writable bytes of chain ${id}`;
