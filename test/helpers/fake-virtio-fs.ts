@@ -120,6 +120,8 @@ export interface FakeReply {
   bytes: Uint8Array;
   /** The used len to post; default: the bytes that fit the writable buffers. */
   usedLen?: number;
+  /** The used id to post instead of the chain's head (a device that lost track of its chains). */
+  usedId?: number;
 }
 
 /** 'hold': never answer (until answerHeld()); 'die': the device fails now; nothing: answer `reply`. */
@@ -423,7 +425,7 @@ export class FakeVirtioFs implements VirtioTransport {
     const room = chain.writable.reduce((n, s) => n + s.length, 0);
     const written = q.ring.write(chain, reply.bytes.subarray(0, Math.min(room, reply.bytes.length)));
     const before = q.ring.notifications;
-    q.ring.complete([chain.head, reply.usedLen ?? written]);
+    q.ring.complete([reply.usedId ?? chain.head, reply.usedLen ?? written]);
     if (q.ring.notifications !== before) q.onUsed();
   }
 

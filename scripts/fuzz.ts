@@ -1,0 +1,42 @@
+// npm run fuzz -- [--seed S] [--replies N] [--rate R] [--target mount|api|both]
+// The device-behaviour fuzzer (test/helpers/reply-fuzzer.ts): a fault-injecting device answers a
+// workload with good replies, a seeded share of them mutated; prints what was sent, what the client
+// named, what it missed, hangs, crashes, device failures, RSS and descriptors. Exit status 1 when
+// anything was missed, named wrongly, hung or crashed. As root (the mount target mounts).
+import { parseArgs } from 'node:util';
+import { formatReport, fuzzApi, fuzzMount, type FuzzReport } from '../test/helpers/reply-fuzzer.ts';
+
+const { values } = parseArgs({
+  options: {
+    seed: { type: 'string', default: String(Date.now() % 1_000_000) },
+    replies: { type: 'string', default: '10000' },
+    rate: { type: 'string', default: '0.5' },
+    target: { type: 'string', default: 'both' },
+    'hang-ms': { type: 'string', default: '10000' },
+    help: { type: 'boolean', short: 'h' },
+  },
+});
+const usage = 'usage: npm run fuzz -- [--seed <n>] [--replies <mutated replies>] [--rate <0..1>] [--target mount|api|both] [--hang-ms <ms>]';
+if (values.help) {
+  console.log(usage);
+  process.exit(0);
+}
+const seed = Number(values.seed);
+const replies = Number(values.replies);
+const rate = Number(values.rate);
+const hangMs = Number(values['hang-ms']);
+if (!Number.isInteger(seed) || !Number.isInteger(replies) || replies < 1 || !(rate > 0 && rate <= 1) || !['mount', 'api', 'both'].includes(values.target) || !(hangMs > 0)) {
+  console.error(usage);
+  process.exit(2);
+}
+if (values.target !== 'api' && process.getuid?.() !== 0) {
+  console.error('fuzz: the mount target mounts a filesystem: run as root (or --target api)');
+  process.exit(2);
+}
+const progress = (line: string) => console.error(`fuzz: ${line}`);
+const reports: FuzzReport[] = [];
+if (values.target !== 'api') reports.push(await fuzzMount({ seed, replies, rate, hangMs, progress }));
+if (values.target !== 'mount') reports.push(await fuzzApi({ seed, replies, rate, hangMs, progress }));
+for (const r of reports) console.log(formatReport(r));
+const bad = reports.some((r) => r.missed.length + r.falseAlarms.length + r.namedTwice.length + r.hangs.length + r.crashes.length > 0);
+process.exit(bad ? 1 : 0);

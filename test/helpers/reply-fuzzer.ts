@@ -1,0 +1,397 @@
+/**
+ * The device-behaviour fuzzer (issue 13): the fault-injecting device (fake-virtio-fs.ts) answers
+ * with good replies, and a seeded share of them is mutated (reply-mutator.ts) before the client
+ * sees it. Two targets, each through the one request engine:
+ * - mount: the relay on a real /dev/fuse mount, an application (a Python process) making system
+ *   calls on it: stat, O_DIRECT reads, directory listings, statvfs, access;
+ * - api: the client API (VirtioFsClient) from this process: getattr, lookup, read, readdirplus, statfs.
+ *
+ * What is counted: replies answered, replies mutated (by kind), mutated replies the client named in
+ * a log line (each line must name the opcode, a field and a mutated request's unique: a line about
+ * an unmutated reply is a false alarm), mutations the client had to catch and did not, application
+ * calls and their errno, hangs (a call that did not return within hangMs), crashes (a queue thread
+ * or the process failing), device failures (the mutations that break the device, each followed by
+ * a remount), and the process's RSS and open descriptors before and after.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { ROOT, VirtioFsClient } from '../../client/client.ts';
+import { FuseRelay } from '../../client/frontend/relay.ts';
+import { Opcode } from '../../client/protocol/index.ts';
+import { FILE_SIZE, FakeVirtioFs, HELLO, SUB, type FakeReply, type FakeRequest } from './fake-virtio-fs.ts';
+import { Rng, describeMutation, mutate, uncacheable, type Mutation } from './reply-mutator.ts';
+
+export interface FuzzOptions {
+  seed: number;
+  /** Mutated replies to send. */
+  replies: number;
+  /** Share of the replies that are mutated; default 0.5. */
+  rate?: number;
+  /** A call that has not returned after this long is a hang; default 10 s. */
+  hangMs?: number;
+  progress?: (line: string) => void;
+}
+
+export interface FuzzReport {
+  target: 'mount' | 'api';
+  seed: number;
+  seconds: number;
+  answered: number;
+  mutated: number;
+  byKind: Map<string, { mutated: number; named: number }>;
+  /** Mutated replies a log line named (opcode and field). */
+  named: number;
+  /** Mutations the client had to catch and did not name: each described (seed + bytes reproduce it). */
+  missed: string[];
+  /** Log lines about a malformed reply that name no mutated request. */
+  falseAlarms: string[];
+  /** Mutated replies named by more than one line. */
+  namedTwice: string[];
+  calls: number;
+  callErrors: Map<string, number>;
+  hangs: string[];
+  crashes: string[];
+  deviceFailures: number;
+  remounts: number;
+  rssBefore: number;
+  rssAfter: number;
+  fdsBefore: number;
+  fdsAfter: number;
+}
+
+/** Opcodes left alone: the session's own (INIT, DESTROY) and those without a reply. */
+const SPARED = new Set<number>([Opcode.INIT, Opcode.DESTROY, Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT]);
+/** A log line about one bad reply: "... (unique N) ..." with a field. */
+const UNIQUE_IN_LINE = /\(unique (\d+)\)/;
+
+const fds = () => readdirSync('/proc/self/fd').length;
+
+class Ledger {
+  readonly mutations = new Map<string, Mutation>();
+  readonly byKind = new Map<string, { mutated: number; named: number }>();
+  readonly namedBy = new Map<string, number>();
+  readonly falseAlarms: string[] = [];
+  answered = 0;
+  mutated = 0;
+  deviceFailures = 0;
+  generation = 0;
+  active = true;
+
+  constructor(
+    private readonly rng: Rng,
+    private readonly target: number,
+    private readonly rate: number,
+  ) {}
+
+  get done(): boolean {
+    return this.mutated >= this.target;
+  }
+
+  /** The fault hook: uncacheable good replies, a share of them mutated. */
+  readonly hook = (request: FakeRequest, reply: FakeReply): void => {
+    if (request.queue === 0 || SPARED.has(request.opcode)) return;
+    uncacheable(request.opcode, reply.bytes);
+    this.answered++;
+    if (!this.active || this.done || this.rng.next() >= this.rate) return;
+    for (let tries = 0; tries < 4; tries++) {
+      const m = mutate(this.rng, request, reply);
+      if (!m) continue;
+      this.mutated++;
+      this.mutations.set(`${this.generation}:${m.unique}`, m);
+      const k = this.byKind.get(m.kind) ?? { mutated: 0, named: 0 };
+      k.mutated++;
+      this.byKind.set(m.kind, k);
+      if (m.expect === 'fatal') this.deviceFailures++;
+      return;
+    }
+  };
+
+  /** A client log line: which mutated reply it names, if any. */
+  note(line: string, generation: number): void {
+    if (!/malformed reply|not translatable/.test(line)) return;
+    const unique = UNIQUE_IN_LINE.exec(line)?.[1];
+    const key = unique === undefined ? undefined : `${generation}:${unique}`;
+    const m = key === undefined ? undefined : this.mutations.get(key);
+    if (!m) {
+      this.falseAlarms.push(line);
+      return;
+    }
+    this.namedBy.set(key!, (this.namedBy.get(key!) ?? 0) + 1);
+    if (this.namedBy.get(key!) === 1) this.byKind.get(m.kind)!.named++;
+  }
+
+  report(target: FuzzReport['target'], seed: number, started: number, rest: Pick<FuzzReport, 'calls' | 'callErrors' | 'hangs' | 'crashes' | 'remounts' | 'rssBefore' | 'fdsBefore'>): FuzzReport {
+    const missed: string[] = [];
+    const namedTwice: string[] = [];
+    for (const [key, m] of this.mutations) {
+      const n = this.namedBy.get(key) ?? 0;
+      if (m.expect === 'must' && n === 0) missed.push(describeMutation(m));
+      if (n > 1) namedTwice.push(`${describeMutation(m)}: named ${n} times`);
+    }
+    return {
+      target,
+      seed,
+      seconds: (performance.now() - started) / 1000,
+      answered: this.answered,
+      mutated: this.mutated,
+      byKind: this.byKind,
+      named: [...this.namedBy.values()].filter((n) => n > 0).length,
+      missed,
+      falseAlarms: this.falseAlarms,
+      namedTwice,
+      deviceFailures: this.deviceFailures,
+      rssAfter: process.memoryUsage().rss,
+      fdsAfter: fds(),
+      ...rest,
+    };
+  }
+}
+
+// ---- the mount target ----------------------------------------------------------------
+
+/** The application: system calls on the mount in a seeded loop, one line before and after each. */
+const WORKLOAD = String.raw`
+import mmap, os, random, sys
+root, seed = sys.argv[1], int(sys.argv[2])
+rng = random.Random(seed)
+buf = mmap.mmap(-1, 65536)
+hello, sub = os.path.join(root, 'hello.txt'), os.path.join(root, 'sub')
+def read_direct():
+    fd = os.open(hello, os.O_RDONLY | os.O_DIRECT)
+    try:
+        os.preadv(fd, [memoryview(buf)[:rng.choice([4096, 16384, 65536])]], rng.randrange(0, ${FILE_SIZE} // 4096) * 4096)
+    finally:
+        os.close(fd)
+ops = [
+    ('stat', lambda: os.stat(hello)), ('stat-root', lambda: os.stat(root)), ('stat-sub', lambda: os.lstat(sub)),
+    ('read', read_direct), ('read', read_direct), ('list', lambda: os.listdir(root)), ('list-sub', lambda: os.listdir(sub)),
+    ('statvfs', lambda: os.statvfs(root)), ('access', lambda: os.access(hello, os.R_OK)), ('missing', lambda: os.stat(os.path.join(root, 'nope'))),
+]
+out = sys.stdout
+while True:
+    name, op = rng.choice(ops)
+    out.write('B ' + name + '\n'); out.flush()
+    try:
+        op(); r = 'ok'
+    except OSError as e:
+        r = 'E' + str(e.errno)
+    out.write('R ' + name + ' ' + r + '\n'); out.flush()
+`;
+
+interface Worker {
+  child: ChildProcess;
+  lastLine: number;
+  pending: string | undefined;
+  exited: boolean;
+}
+
+/** The fuzzer on a real /dev/fuse mount: the relay over the fault-injecting device. */
+export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
+  const hangMs = options.hangMs ?? 10_000;
+  const rng = new Rng(options.seed);
+  const ledger = new Ledger(rng, options.replies, options.rate ?? 0.5);
+  const mnt = mkdtempSync(join(tmpdir(), 'vfs-fuzz-'));
+  const callErrors = new Map<string, number>();
+  const hangs: string[] = [];
+  const crashes: string[] = [];
+  let calls = 0;
+  let remounts = 0;
+  const started = performance.now();
+  const rssBefore = process.memoryUsage().rss;
+  const fdsBefore = fds();
+
+  let relay: FuseRelay | undefined;
+  let gone: string | undefined;
+  const mount = async () => {
+    ledger.generation++;
+    const generation = ledger.generation;
+    const fake = new FakeVirtioFs({ fault: ledger.hook });
+    relay = await FuseRelay.mount({
+      transport: fake,
+      mountpoint: mnt,
+      log: (line) => {
+        if (/thread failed/.test(line)) crashes.push(line);
+        ledger.note(line, generation);
+      },
+    });
+    gone = undefined;
+    void relay.closed.then((reason) => {
+      if (ledger.generation === generation) gone = reason;
+    });
+  };
+  const remount = async (why: string) => {
+    options.progress?.(`remount: ${why}`);
+    remounts++;
+    if (relay) await relay.unmount().catch(() => undefined);
+    relay = undefined;
+    await mount();
+  };
+
+  /** With mutation paused: does the mount answer? */
+  const healthy = async (): Promise<boolean> => {
+    ledger.active = false;
+    try {
+      const check = Promise.all([stat(join(mnt, 'hello.txt')), readdir(mnt), readFile(join(mnt, 'hello.txt'))]);
+      const result = await Promise.race([check.then(([s, names, data]) => s.size === FILE_SIZE && names.includes('sub') && data.length === FILE_SIZE), sleep(hangMs).then(() => false)]);
+      return result;
+    } catch {
+      return false;
+    } finally {
+      ledger.active = true;
+    }
+  };
+
+  const startWorker = (seed: number): Worker => {
+    const child = spawn('python3', ['-c', WORKLOAD, mnt, String(seed)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const w: Worker = { child, lastLine: performance.now(), pending: undefined, exited: false };
+    child.once('exit', () => (w.exited = true));
+    child.stderr!.on('data', () => {});
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      w.lastLine = performance.now();
+      if (line.startsWith('B ')) w.pending = line.slice(2);
+      else if (line.startsWith('R ')) {
+        w.pending = undefined;
+        calls++;
+        const result = line.slice(line.lastIndexOf(' ') + 1);
+        if (result !== 'ok') callErrors.set(result, (callErrors.get(result) ?? 0) + 1);
+      }
+    });
+    return w;
+  };
+  const stopWorker = async (w: Worker) => {
+    if (!w.exited) {
+      w.child.kill('SIGKILL');
+      await Promise.race([new Promise((r) => w.child.once('exit', r)), sleep(hangMs)]);
+    }
+  };
+
+  await mount();
+  let worker = startWorker(rng.int(0, 0x7fffffff));
+  let lastReport = performance.now();
+  let lastHealth = performance.now();
+  let callsAtHealth = 0;
+  let answeredAtHealth = 0;
+  try {
+    while (!ledger.done) {
+      await sleep(20);
+      const now = performance.now();
+      if (worker.pending !== undefined && now - worker.lastLine > hangMs) {
+        hangs.push(`${worker.pending}: no answer after ${hangMs} ms (seed ${options.seed}, mutated so far ${ledger.mutated})`);
+        await stopWorker(worker);
+        await remount('after a hang');
+        worker = startWorker(rng.int(0, 0x7fffffff));
+        continue;
+      }
+      const deviceGone = gone !== undefined;
+      if (worker.exited || deviceGone || now - lastHealth > 500) {
+        lastHealth = now;
+        const progressed = calls > callsAtHealth;
+        // Calls that no longer reach the device: the kernel has marked the nodes bad (a mutated
+        // reply changed a node's type, say): only a new mount helps.
+        const reachesDevice = ledger.answered > answeredAtHealth;
+        callsAtHealth = calls;
+        answeredAtHealth = ledger.answered;
+        if (deviceGone || !reachesDevice || (!progressed && !worker.exited) || !(await healthy())) {
+          await stopWorker(worker);
+          await remount(deviceGone ? 'the device failed' : !reachesDevice ? 'calls no longer reach the device' : 'the mount stopped answering');
+          worker = startWorker(rng.int(0, 0x7fffffff));
+        } else if (worker.exited) {
+          worker = startWorker(rng.int(0, 0x7fffffff));
+        }
+      }
+      if (options.progress && now - lastReport > 5000) {
+        lastReport = now;
+        options.progress(`${ledger.mutated}/${options.replies} mutated, ${ledger.answered} answered, ${calls} calls, ${remounts} remounts`);
+      }
+    }
+  } finally {
+    await stopWorker(worker);
+    await relay?.unmount().catch(() => undefined);
+    rmSync(mnt, { recursive: true, force: true });
+  }
+  return ledger.report('mount', options.seed, started, { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore });
+}
+
+// ---- the client API target -------------------------------------------------------------
+
+/** The fuzzer through the client API: calls from this process, each awaited with a deadline. */
+export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
+  const hangMs = options.hangMs ?? 10_000;
+  const rng = new Rng(options.seed);
+  const ledger = new Ledger(rng, options.replies, options.rate ?? 0.5);
+  const callErrors = new Map<string, number>();
+  const hangs: string[] = [];
+  const crashes: string[] = [];
+  let calls = 0;
+  let remounts = 0;
+  const started = performance.now();
+  const rssBefore = process.memoryUsage().rss;
+  const fdsBefore = fds();
+
+  let fake: FakeVirtioFs;
+  let client: VirtioFsClient;
+  const connect = async () => {
+    ledger.generation++;
+    const generation = ledger.generation;
+    fake = new FakeVirtioFs({ fault: ledger.hook });
+    client = await VirtioFsClient.connect({ transport: fake, log: (line) => ledger.note(line, generation), timeoutMs: hangMs / 4 });
+  };
+  await connect();
+  const ops: [string, () => Promise<unknown>][] = [
+    ['getattr', () => client.getattr(ROOT)],
+    ['lookup', () => client.lookup(ROOT, 'hello.txt')],
+    ['read', () => client.read(HELLO, 100n + HELLO, rng.int(0, 70) * 4096, rng.pick([4096, 65536]))],
+    ['readdirplus', () => client.readdirplus(ROOT, 100n + ROOT, 0n, 4096)],
+    ['statfs', () => client.statfs()],
+    ['getattr-sub', () => client.getattr(SUB)],
+  ];
+  try {
+    while (!ledger.done) {
+      const [name, op] = rng.pick(ops);
+      let timer: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([
+        op().then(
+          () => 'ok',
+          (e: NodeJS.ErrnoException) => e.code ?? 'error',
+        ),
+        new Promise<string>((resolve) => (timer = setTimeout(() => resolve('hang'), hangMs))),
+      ]);
+      clearTimeout(timer);
+      calls++;
+      if (outcome === 'hang') hangs.push(`${name}: no answer after ${hangMs} ms (seed ${options.seed}, mutated so far ${ledger.mutated})`);
+      else if (outcome !== 'ok') callErrors.set(outcome, (callErrors.get(outcome) ?? 0) + 1);
+      // A broken device (a used ring naming a chain never given) fails every request: start anew.
+      if (outcome === 'hang' || fake!.failure !== undefined || client!.session.device.failed !== undefined) {
+        await client!.close().catch(() => undefined);
+        remounts++;
+        await connect();
+      }
+    }
+  } finally {
+    await client!.close().catch(() => undefined);
+  }
+  return ledger.report('api', options.seed, started, { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The report as a few lines, for the npm script and test logs. */
+export function formatReport(r: FuzzReport): string {
+  const kinds = [...r.byKind].sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => `    ${k.padEnd(28)} ${String(v.mutated).padStart(7)} mutated, ${String(v.named).padStart(7)} named`);
+  const errors = [...r.callErrors].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ') || 'none';
+  const mib = (n: number) => (n / 2 ** 20).toFixed(1);
+  return [
+    `${r.target}: seed ${r.seed}, ${r.seconds.toFixed(1)} s: ${r.answered} replies answered, ${r.mutated} mutated, ${r.named} named in a log line`,
+    `  calls ${r.calls} (errors: ${errors}); hangs ${r.hangs.length}; crashes ${r.crashes.length}; device failures ${r.deviceFailures}; remounts ${r.remounts}`,
+    `  missed ${r.missed.length}; false alarms ${r.falseAlarms.length}; named twice ${r.namedTwice.length}`,
+    `  RSS ${mib(r.rssBefore)} -> ${mib(r.rssAfter)} MiB; open descriptors ${r.fdsBefore} -> ${r.fdsAfter}`,
+    ...kinds,
+    ...[...r.missed, ...r.falseAlarms, ...r.namedTwice, ...r.hangs, ...r.crashes].slice(0, 20).map((l) => `  ! ${l}`),
+  ].join('\n');
+}
