@@ -265,7 +265,11 @@ function openFuseDevice(): number {
 function mountWithFusermount(target: string, fsOptions: string[], source: string): number {
   const [ours, theirs] = UnixSocket.pair();
   try {
-    const r = spawnSync('fusermount3', ['-o', [...fsOptions, `fsname=${source}`, `subtype=${FS_TYPE.slice('fuse.'.length)}`].join(','), '--', target], {
+    // fsname is ours to name, but the transport string in it is the user's: a comma in it would
+    // start another mount option (`vhost-user:/run/s,ro`). fusermount3 takes backslash escapes in
+    // fsname= and subtype= (util/fusermount.c), as libfuse's own mount code writes them.
+    const fsname = source.replace(/[\\,]/g, '\\$&');
+    const r = spawnSync('fusermount3', ['-o', [...fsOptions, `fsname=${fsname}`, `subtype=${FS_TYPE.slice('fuse.'.length)}`].join(','), '--', target], {
       stdio: ['ignore', 'ignore', 'pipe', theirs.fd],
       env: { ...process.env, _FUSE_COMMFD: '3' },
       encoding: 'utf8',

@@ -2,7 +2,7 @@
 // mountpoints, a stale mount detected and cleared, status of a live mount.
 import test from 'ava';
 import { execFile, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -91,6 +91,34 @@ test('a stale mount left by a killed relay is detected, explained, and cleared b
     t.is(cli('unmount', mnt).status, 0);
     t.is(mountsAt(mnt).length, 0);
     t.regex(readFileSync(join(work, 'shared', 'hello'), 'utf8'), /hello/);
+  });
+});
+
+test('a transport string with a comma, spaces and = cannot inject mount options: an unprivileged mount takes it whole as its source', async (t) => {
+  if (!requireRoot(t)) return;
+  await withDaemon(async (d, work) => {
+    const mnt = join(work, 'mnt');
+    chmodSync(work, 0o755);
+    chmodSync(dirname(d.socketPath), 0o755);
+    chmodSync(d.socketPath, 0o777);
+    chownSync(mnt, 65534, 65534);
+    // A path a user may well have, and that reads as a second option if passed on unescaped.
+    const link = join(work, 'dev x=y,ro');
+    symlinkSync(d.socketPath, link);
+    const fuseMode = statSync('/dev/fuse').mode & 0o777;
+    chmodSync('/dev/fuse', 0o666);
+    t.teardown(() => chmodSync('/dev/fuse', fuseMode));
+    const asNobody = (...args: string[]) =>
+      spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', process.execPath, 'bin/virtiofs-client.js', ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, HOME: '/tmp', XDG_RUNTIME_DIR: '' },
+      });
+    const mounted = asNobody('mount', '--transport', `vhost-user:${link}`, mnt);
+    t.is(mounted.status, 0, mounted.stderr);
+    t.is(mountsAt(mnt)[0]?.source, `vhost-user:${link}`, 'the whole string is the source');
+    const line = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === mnt)!;
+    t.deepEqual(line.split(' ')[5]!.split(',').filter((o) => o === 'ro'), [], `not read-only: ${line}`);
+    t.is(asNobody('unmount', mnt).status, 0);
   });
 });
 
