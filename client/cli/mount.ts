@@ -1,11 +1,10 @@
 /** `virtiofs-client mount`: the device's filesystem on a local mountpoint, through /dev/fuse. */
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
-import { mkdirSync } from 'node:fs';
+import { closeSync, fchmodSync, openSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { resolveArch } from '../arch/index.ts';
 import { parseArchMode, type ArchMode } from '../fuse/arch-mode.ts';
-import { RUN_DIR, logPath, serveStatus, stopServing } from '../frontend/control.ts';
+import { RUN_DIR, ensureRunDir, logPath, serveStatus, stopServing } from '../frontend/control.ts';
 import { FuseRelay } from '../frontend/relay.ts';
 import type { FuseNativeFrontend } from '../frontend/fuse-native/frontend.ts';
 import { isMountFlag } from '../frontend/fuse-mount.ts';
@@ -239,9 +238,11 @@ async function serve(a: MountArgs): Promise<number> {
 
 /** Starts `serve` in a detached child and returns once it has mounted (or failed). */
 function background(args: string[], a: MountArgs): Promise<number> {
-  mkdirSync(RUN_DIR, { recursive: true });
+  ensureRunDir();
   const log = logPath(a.mountpoint);
-  const out = openSync(log, 'a');
+  // Readable by others like any log here, writable by no one else (the umask may be looser).
+  const out = openSync(log, 'a', 0o644);
+  fchmodSync(out, 0o644);
   // The same entry point this process started from (bin/virtiofs-client.js in a checkout, the
   // package's compiled main.js when installed), with the same node flags.
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'mount', ...args, '--foreground', '--notify-parent'], {

@@ -3,7 +3,7 @@
  * /run/virtiofs-client, named after its mountpoint. One request, one JSON reply.
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { lstatSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -24,9 +24,34 @@ export function logPath(mountpoint: string): string {
   return controlSocketPath(mountpoint).replace(/\.sock$/, '.log');
 }
 
+/** A run directory someone else could write into: its sockets and logs would not be ours. */
+export class RunDirError extends Error {
+  override name = 'RunDirError';
+  readonly code = 'EPERM';
+}
+
+/**
+ * Creates RUN_DIR (0755) if missing and checks it: a directory, not a symlink, owned by this user,
+ * writable by no one else. A user's falls back to /tmp, where another user could have made it
+ * first; then the control socket and the log could be replaced under the mount's owner.
+ */
+export function ensureRunDir(): string {
+  mkdirSync(RUN_DIR, { recursive: true, mode: 0o755 });
+  const st = lstatSync(RUN_DIR);
+  const uid = process.getuid?.() ?? 0;
+  if (!st.isDirectory()) throw new RunDirError(`${RUN_DIR} is not a directory (a symlink?): remove it, or set XDG_RUNTIME_DIR`);
+  if (st.uid !== uid || (st.mode & 0o022) !== 0) {
+    throw new RunDirError(
+      `${RUN_DIR} is ${st.uid !== uid ? `owned by uid ${st.uid}, not ${uid}` : `writable by others (mode ${(st.mode & 0o777).toString(8)})`}: ` +
+        'its control socket and log would not be safe; remove it, or set XDG_RUNTIME_DIR',
+    );
+  }
+  return RUN_DIR;
+}
+
 /** Serves `status()` as JSON on the mount's control socket until closed. */
 export function serveStatus(mountpoint: string, status: () => RelayStatus): Promise<Server> {
-  mkdirSync(RUN_DIR, { recursive: true, mode: 0o755 });
+  ensureRunDir();
   const path = controlSocketPath(mountpoint);
   rmSync(path, { force: true });
   const server = createServer((socket) => socket.end(JSON.stringify(status(), (_k, v) => (typeof v === 'bigint' ? v.toString() : v))));

@@ -94,7 +94,7 @@ test('a stale mount left by a killed relay is detected, explained, and cleared b
   });
 });
 
-test('a transport string with a comma, spaces and = cannot inject mount options: an unprivileged mount takes it whole as its source', async (t) => {
+test.serial('a transport string with a comma, spaces and = cannot inject mount options: an unprivileged mount takes it whole as its source', async (t) => {
   if (!requireRoot(t)) return;
   await withDaemon(async (d, work) => {
     const mnt = join(work, 'mnt');
@@ -122,7 +122,46 @@ test('a transport string with a comma, spaces and = cannot inject mount options:
   });
 });
 
-test('an unprivileged user mounts through fusermount3, uses the mount, and unmounts', async (t) => {
+test.serial('another user cannot read, stop or unmount root\'s mount, nor plant the run directory of a user\'s', async (t) => {
+  if (!requireRoot(t)) return;
+  await withDaemon(async (d, work) => {
+    const mnt = join(work, 'mnt');
+    chmodSync(work, 0o755);
+    const mounted = cli('mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
+    t.is(mounted.status, 0, mounted.stderr);
+    const nobody = (env: Record<string, string>, ...args: string[]) =>
+      spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', process.execPath, 'bin/virtiofs-client.js', ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, HOME: '/tmp', XDG_RUNTIME_DIR: '', ...env },
+      });
+    // Pointed at root's run directory, nobody cannot connect to the control socket (0755: connecting needs write).
+    const socket = controlSocketPath(mnt);
+    t.is(statSync(socket).mode & 0o002, 0, 'the control socket is not writable by others');
+    const status = nobody({ VIRTIOFS_CLIENT_RUN_DIR: dirname(socket) }, 'status', mnt);
+    t.notRegex(status.stdout, /device answer/, `status as nobody: ${status.stdout}${status.stderr}`);
+    const unmount = nobody({}, 'unmount', mnt);
+    t.not(unmount.status, 0, 'nobody cannot unmount root\'s mount');
+    t.is(mountsAt(mnt).length, 1);
+    const log = logPath(mnt);
+    t.is(statSync(log).mode & 0o022, 0, 'the log is writable by its owner only');
+    t.is(cli('unmount', mnt).status, 0);
+
+    // A user's run directory falls back to /tmp: one made by someone else first is refused, in one line.
+    const planted = join(tmpdir(), 'virtiofs-client-65534');
+    rmSync(planted, { recursive: true, force: true });
+    mkdirSync(planted, { mode: 0o777 });
+    chmodSync(planted, 0o777);
+    t.teardown(() => rmSync(planted, { recursive: true, force: true }));
+    chownSync(mnt, 65534, 65534);
+    const refused = nobody({}, 'mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
+    t.is(refused.status, 1);
+    t.regex(refused.stderr, /^virtiofs-client: \/tmp\/virtiofs-client-65534 is owned by uid 0, not 65534: its control socket and log would not be safe/);
+    t.is(refused.stderr.trim().split('\n').length, 1, refused.stderr);
+    t.is(mountsAt(mnt).length, 0);
+  });
+});
+
+test.serial('an unprivileged user mounts through fusermount3, uses the mount, and unmounts', async (t) => {
   if (!requireRoot(t)) return;
   await withDaemon(async (d, work) => {
     const mnt = join(work, 'mnt');
