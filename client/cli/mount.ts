@@ -40,13 +40,16 @@ other user mounts through fusermount3 (Debian's fuse3) on a mountpoint they own.
                          at once): each queue thread of the relay, and fuse-native after a
                          lone request. On a virtual machine a sleeping thread's wake-up
                          costs tens of us; polling costs CPU
+  --request-timeout <s>  a request the device has not answered after this long fails
+                         with EIO (default 60); the device keeps its buffers until it
+                         returns them
   --trace                log every FUSE request and reply, decoded, one line each
   --foreground           stay in the foreground (Ctrl-C unmounts); otherwise the
                          relay continues in the background once the mount is ready
                          and logs to ${RUN_DIR}/<id>.log
   -o <opt,opt,...>       the options above in mount(8) form: allow_other, arch_mode=<mode>,
                          device_arch=<arch>, frontend=<f>, queues=<n>, queue_size=<n>,
-                         busy_poll, poll_us=<n>, trace; and mount(8)'s generic flags (ro, rw, noexec,
+                         busy_poll, poll_us=<n>, request_timeout=<s>, trace; and mount(8)'s generic flags (ro, rw, noexec,
                          noatime, nosuid, suid, nodev, dev, sync, ...; default nosuid,nodev).
                          defaults, auto, noauto, user, users, nofail, _netdev and x-*
                          are fstab's and ignored here.
@@ -69,6 +72,7 @@ interface MountArgs {
   allowOther: boolean;
   busyPoll: boolean;
   pollUs: number | undefined;
+  requestTimeoutMs: number | undefined;
   trace: boolean;
   foreground: boolean;
   /** mount(8)'s generic flags from -o, in order. */
@@ -96,6 +100,7 @@ const O_OPTIONS: Readonly<Record<string, { option: string; value: boolean }>> = 
   queue_size: { option: 'queue-size', value: true },
   busy_poll: { option: 'busy-poll', value: false },
   poll_us: { option: 'poll-us', value: true },
+  request_timeout: { option: 'request-timeout', value: true },
   trace: { option: 'trace', value: false },
 };
 
@@ -147,6 +152,7 @@ function parse(commandLine: string[]): MountArgs {
       'allow-other': { type: 'boolean', default: false },
       'busy-poll': { type: 'boolean', default: false },
       'poll-us': { type: 'string' },
+      'request-timeout': { type: 'string' },
       trace: { type: 'boolean', default: false },
       foreground: { type: 'boolean', default: false },
       options: { type: 'string', short: 'o', multiple: true },
@@ -180,12 +186,20 @@ function parse(commandLine: string[]): MountArgs {
     allowOther: values['allow-other']!,
     busyPoll: values['busy-poll']!,
     pollUs: pollMicroseconds(values['poll-us']),
+    requestTimeoutMs: requestTimeout(values['request-timeout']),
     trace: values.trace!,
     foreground: values.foreground!,
     mountFlags: expanded.flags,
     quiet: values.quiet!,
     notifyParent: values['notify-parent']!,
   };
+}
+
+function requestTimeout(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const s = Number(text);
+  if (!(s > 0) || s > 86_400) throw new UsageError(`--request-timeout ${text}: expected seconds, more than 0, at most 86400`);
+  return Math.round(s * 1000);
 }
 
 function pollMicroseconds(text: string | undefined): number | undefined {
@@ -212,6 +226,7 @@ async function serve(a: MountArgs): Promise<number> {
       mountFlags: a.mountFlags,
       busyPoll: a.busyPoll,
       ...(a.pollUs !== undefined ? { pollUs: a.pollUs } : {}),
+      ...(a.requestTimeoutMs !== undefined ? { timeoutMs: a.requestTimeoutMs } : {}),
       log,
       trace: a.trace ? (line) => console.error(line) : undefined,
     });

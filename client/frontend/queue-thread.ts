@@ -88,6 +88,11 @@ export interface QueueThreadSetup {
   trace: boolean;
   /** How long a finishing thread waits for the device to return what is in flight. */
   finishTimeoutMs: number;
+  /**
+   * A request the device has not answered after this long (ms) gets EIO for the application; its
+   * buffers stay with the device until it returns them. 0: wait for ever.
+   */
+  requestTimeoutMs: number;
 }
 
 /** What a queue thread tells the main thread. */
@@ -143,6 +148,12 @@ export class QueueThread {
   private readonly free: Int32Array;
   private freeCount: number;
   private inFlight = 0;
+  /** Per slot: on the virtqueue (1) until its used entry comes back. */
+  private readonly atDevice: Uint8Array;
+  /** Per slot: answered EIO on timeout (1); its chain is still with the device. */
+  private readonly abandoned: Uint8Array;
+  private abandonedCount = 0;
+  private nextTimeoutCheck = 0;
   /** Whether polling before sleeping pays, learned per request size (poll-advisor.ts). */
   private readonly advisor: PollAdvisor;
 
@@ -186,6 +197,8 @@ export class QueueThread {
     this.started = new Float64Array(count);
     this.submitted = new Float64Array(count);
     this.free = new Int32Array(count);
+    this.atDevice = new Uint8Array(count);
+    this.abandoned = new Uint8Array(count);
     for (let s = 0; s < count; s++) {
       const offset = loan.slotOffsets[s]!;
       const bytes = region.bytes.subarray(offset, offset + loan.slotSize);
@@ -226,8 +239,9 @@ export class QueueThread {
         else if (this.setup.busyPoll) n = epollWait(this.epfd, this.events, 0);
         else {
           n = this.poll();
-          if (n < 0) n = epollWait(this.epfd, this.events, -1);
+          if (n < 0) n = epollWait(this.epfd, this.events, this.sleepMs());
         }
+        if (this.setup.requestTimeoutMs > 0 && this.inFlight > this.abandonedCount) this.expireOverdue();
         for (let i = 0; i < n; i++) if (this.events.tokenAt(i) === TOKEN_SOURCE) this.sourceReady = true;
         const stop = Atomics.load(this.control, CONTROL_STOP);
         if (stop === ABORT) {
@@ -239,6 +253,11 @@ export class QueueThread {
         if (stop === FINISH && !this.sourceClosed) this.closeSource();
         if (this.sourceClosed) {
           if (this.inFlight === 0) return this.setup.role === 'request' ? 'unmounted' : 'finished';
+          // What the device still holds was answered EIO on timeout already: nobody waits for it.
+          if (this.inFlight === this.abandonedCount) {
+            this.post({ kind: 'log', line: `${this.queue.name}: ${this.inFlight} timed-out requests still with the device; leaving them` });
+            return 'unmounted';
+          }
           if (finishDeadline === 0) finishDeadline = Date.now() + this.setup.finishTimeoutMs;
           else if (Date.now() > finishDeadline) {
             this.post({ kind: 'log', line: `${this.queue.name}: ${this.inFlight} requests still with the device after ${this.setup.finishTimeoutMs} ms; leaving them` });
@@ -276,6 +295,44 @@ export class QueueThread {
       }
     } while (performance.now() < end);
     return -1;
+  }
+
+  /** How long to sleep: until the next look at overdue requests while any wait on the device. */
+  private sleepMs(): number {
+    const timeout = this.setup.requestTimeoutMs;
+    if (timeout <= 0 || this.inFlight === this.abandonedCount) return -1;
+    return Math.max(1, Math.min(1000, timeout >> 2));
+  }
+
+  /**
+   * Answers EIO for every request the device has held longer than requestTimeoutMs (looked at
+   * most four times per timeout). The chain stays the device's: its slot comes back only with the
+   * used entry, as Linux's virtio_fs leaves a request's buffers to a device that may still write them.
+   */
+  private expireOverdue(): void {
+    const now = performance.now();
+    if (now < this.nextTimeoutCheck) return;
+    const timeout = this.setup.requestTimeoutMs;
+    this.nextTimeoutCheck = now + Math.max(1, timeout >> 2);
+    for (let s = 0; s < this.atDevice.length; s++) {
+      if (this.atDevice[s] === 0 || this.abandoned[s] === 1 || now - this.submitted[s]! < timeout) continue;
+      const opcode = this.opcodes[s]!;
+      this.post({
+        kind: 'log',
+        line: `${opcodeName(opcode)} unique ${this.slotViews[s]!.getBigUint64(UNIQUE_AT, true)}: no reply from the device after ${timeout} ms: EIO to the application; its buffers stay with the device until it returns them`,
+      });
+      this.abandoned[s] = 1;
+      this.abandonedCount++;
+      if (this.setup.role === 'request') this.replyError(s, EIO);
+      this.stats.record(opcode, now - this.started[s]!, true);
+    }
+  }
+
+  /** The used entry of a request answered on timeout came: the slot is free again, nothing is written. */
+  private reclaimAbandoned(s: number): void {
+    this.abandoned[s] = 0;
+    this.abandonedCount--;
+    this.release(s);
   }
 
   get requestsInFlight(): number {
@@ -389,6 +446,7 @@ export class QueueThread {
         throw new EngineFailure('EIO', `${this.queue.name} has no free descriptors`);
       }
       this.submitted[s] = performance.now();
+      this.atDevice[s] = 1;
       this.inFlight++;
       this.advisor.submitted(s, n + space.room.data);
     } catch (e) {
@@ -413,6 +471,7 @@ export class QueueThread {
     this.regionReadable.length = 2;
     try {
       if (!this.queue.add(this.regionReadable, NO_SEGMENTS, s)) throw new Error(`${this.queue.name} has no free descriptors`);
+      this.atDevice[s] = 1;
       this.inFlight++;
       this.advisor.submitted(s, n);
     } catch (e) {
@@ -448,7 +507,9 @@ export class QueueThread {
   private readonly onUsed = (s: number, usedLen: number): void => {
     const usedAt = performance.now();
     this.inFlight--;
+    this.atDevice[s] = 0;
     this.advisor.completed(s, (usedAt - this.submitted[s]!) * 1000, true);
+    if (this.abandoned[s] === 1) return this.reclaimAbandoned(s);
     if (this.setup.role === 'hiprio') return this.finish(s, false);
     const opcode = this.opcodes[s]!;
     const view = this.slotViews[s]!;
@@ -487,7 +548,9 @@ export class QueueThread {
     const s = problem.token;
     if (s === undefined) return;
     this.inFlight--;
+    this.atDevice[s] = 0;
     this.advisor.completed(s, 0, false);
+    if (this.abandoned[s] === 1) return this.reclaimAbandoned(s);
     if (this.setup.role === 'hiprio') return this.finish(s, true);
     const opcode = this.opcodes[s]!;
     const unique = (BigInt(this.uniqueHigh[s]!) << 32n) | BigInt(this.uniqueLow[s]!);
@@ -541,7 +604,9 @@ export class QueueThread {
   private abort(): void {
     this.queue.failAll('device failed', (s) => {
       this.inFlight--;
+      this.atDevice[s] = 0;
       this.advisor.completed(s, 0, false);
+      if (this.abandoned[s] === 1) return this.reclaimAbandoned(s);
       if (this.setup.role === 'request') this.replyError(s, EIO);
       this.finish(s, true);
     });

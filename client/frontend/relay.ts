@@ -17,7 +17,7 @@ import { EventFd } from '../../ffi/event-fd.ts';
 import { readv, writev } from '../../ffi/libc.ts';
 import { sharedPoller } from '../../ffi/poller.ts';
 import { startThread } from '../../ffi/thread.ts';
-import { FuseSession, type SessionOptions } from '../fuse/session.ts';
+import { DEFAULT_TIMEOUT_MS, FuseSession, type SessionOptions } from '../fuse/session.ts';
 import { DATA_AT, WRITE_HEAD } from '../fuse/slot-layout.ts';
 import {
   FUSE_KERNEL_VERSION,
@@ -237,6 +237,8 @@ export class FuseRelay {
         requestThreads: requestQueues,
         trace: this.options.trace !== undefined,
         finishTimeoutMs: FINISH_TIMEOUT_MS,
+        // FORGETs have no application waiting on them.
+        requestTimeoutMs: role === 'hiprio' ? 0 : (this.options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
       };
       const worker = startThread(new URL('./queue-thread-main.ts', import.meta.url), setup, loan.name);
       const entry: QueueWorker = { loan, worker, wake, control, stats, role, exited: false, leftInFlight: 0 };

@@ -85,6 +85,9 @@ export interface Reply {
 const EIO = errnoNumber('EIO');
 const EMPTY: ReplyBody = { kind: 'empty' };
 
+/** How long a request may wait for the device before it fails (the client API and the relay alike). */
+export const DEFAULT_TIMEOUT_MS = 60_000;
+
 export class FuseSession {
   /** Most data bytes per READ/WRITE request. */
   readonly maxWrite: number;
@@ -124,7 +127,7 @@ export class FuseSession {
       arch: archOffer(archMode, clientArch),
     };
     const settings = {
-      timeoutMs: options.timeoutMs ?? 60_000,
+      timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       uid: options.uid ?? process.getuid?.() ?? 0,
       gid: options.gid ?? process.getgid?.() ?? 0,
       pid: options.pid ?? process.pid,

@@ -81,3 +81,48 @@ for (const c of MALFORMED_CASES) {
     }
   });
 }
+
+test('through a mount: a reply that never comes gives the application EIO after the request timeout, one log line; the slot comes back when the device answers late', async (t) => {
+  if (!requireRoot(t)) return;
+  const mnt = mkdtempSync(join(tmpdir(), 'vfs-relay-timeout-'));
+  const fake = new FakeVirtioFs();
+  const logs: string[] = [];
+  const timeoutMs = 500;
+  const relay = await FuseRelay.mount({ transport: fake, mountpoint: mnt, timeoutMs, log: (line) => logs.push(line) });
+  try {
+    fake.faultNext('READ', () => 'hold');
+    const started = performance.now();
+    const bad = await provoke(mnt, 'READ');
+    const took = performance.now() - started;
+    t.not(bad.status, 0);
+    t.regex(bad.stderr, /Input\/output error/, 'the application sees EIO');
+    t.true(took >= timeoutMs && took < timeoutMs + 2000, `EIO after ${Math.round(took)} ms (timeout ${timeoutMs} ms)`);
+    const lines = logs.filter((l) => /READ unique \d+: no reply from the device after 500 ms/.test(l));
+    t.is(lines.length, 1, logs.join('\n'));
+    t.is(fake.held.length, 1, 'the device still holds the request');
+    t.is(relay.status().inFlight, 1, 'its slot stays with the device');
+    t.is(fake.answerHeld(), 1);
+    await until(() => relay.status().inFlight === 0, 2000, 'the late answer frees the slot');
+    await stillWorks(t, mnt, fake, relay);
+  } finally {
+    await relay.unmount();
+    rmSync(mnt, { recursive: true, force: true });
+  }
+});
+
+test('through a mount: unmounting does not wait for a request the device never answered', async (t) => {
+  if (!requireRoot(t)) return;
+  const mnt = mkdtempSync(join(tmpdir(), 'vfs-relay-timeout-'));
+  const fake = new FakeVirtioFs();
+  const relay = await FuseRelay.mount({ transport: fake, mountpoint: mnt, timeoutMs: 300, log: () => {} });
+  try {
+    fake.faultNext('READ', () => 'hold');
+    t.not((await provoke(mnt, 'READ')).status, 0);
+  } finally {
+    const started = performance.now();
+    await relay.unmount();
+    const took = performance.now() - started;
+    t.true(took < 2000, `unmounted in ${Math.round(took)} ms with a timed-out request still at the device`);
+    rmSync(mnt, { recursive: true, force: true });
+  }
+});

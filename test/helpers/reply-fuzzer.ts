@@ -20,9 +20,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ROOT, VirtioFsClient } from '../../client/client.ts';
+import { unmount as unmountPath } from '../../client/frontend/fuse-mount.ts';
 import { FuseRelay } from '../../client/frontend/relay.ts';
 import { Opcode } from '../../client/protocol/index.ts';
-import { FILE_SIZE, FakeVirtioFs, HELLO, SUB, type FakeReply, type FakeRequest } from './fake-virtio-fs.ts';
+import { FILE_SIZE, FakeVirtioFs, HELLO, SUB, type FaultAction, type FakeReply, type FakeRequest } from './fake-virtio-fs.ts';
 import { Rng, describeMutation, mutate, uncacheable, type Mutation } from './reply-mutator.ts';
 
 export interface FuzzOptions {
@@ -67,6 +68,8 @@ export interface FuzzReport {
 const SPARED = new Set<number>([Opcode.INIT, Opcode.DESTROY, Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT]);
 /** A log line about one bad reply: "... (unique N) ..." with a field. */
 const UNIQUE_IN_LINE = /\(unique (\d+)\)/;
+/** A line about a request that got no reply: "OPCODE unique N: no reply ..." */
+const UNIQUE_LEADING = /^\S+ unique (\d+): no reply/;
 
 const fds = () => readdirSync('/proc/self/fd').length;
 
@@ -92,7 +95,7 @@ class Ledger {
   }
 
   /** The fault hook: uncacheable good replies, a share of them mutated. */
-  readonly hook = (request: FakeRequest, reply: FakeReply): void => {
+  readonly hook = (request: FakeRequest, reply: FakeReply): FaultAction => {
     if (request.queue === 0 || SPARED.has(request.opcode)) return;
     uncacheable(request.opcode, reply.bytes);
     this.answered++;
@@ -106,14 +109,14 @@ class Ledger {
       k.mutated++;
       this.byKind.set(m.kind, k);
       if (m.expect === 'fatal') this.deviceFailures++;
-      return;
+      return m.hold ? 'hold' : undefined;
     }
   };
 
   /** A client log line: which mutated reply it names, if any. */
   note(line: string, generation: number): void {
-    if (!/malformed reply|not translatable/.test(line)) return;
-    const unique = UNIQUE_IN_LINE.exec(line)?.[1];
+    if (!/malformed reply|not translatable|no reply/.test(line)) return;
+    const unique = (UNIQUE_IN_LINE.exec(line) ?? UNIQUE_LEADING.exec(line))?.[1];
     const key = unique === undefined ? undefined : `${generation}:${unique}`;
     const m = key === undefined ? undefined : this.mutations.get(key);
     if (!m) {
@@ -213,6 +216,8 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
     relay = await FuseRelay.mount({
       transport: fake,
       mountpoint: mnt,
+      // A request never answered gets EIO well inside the hang bound.
+      timeoutMs: Math.max(100, hangMs / 5),
       log: (line) => {
         if (/thread failed/.test(line)) crashes.push(line);
         ledger.note(line, generation);
@@ -226,9 +231,17 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
   const remount = async (why: string) => {
     options.progress?.(`remount: ${why}`);
     remounts++;
-    if (relay) await relay.unmount().catch(() => undefined);
+    // The client's own teardown and mount must finish too: one that does not is a hang.
+    const old = relay;
     relay = undefined;
-    await mount();
+    if (old) {
+      const done = await deadline(old.unmount().then(() => true, () => true), hangMs);
+      if (!done) {
+        hangs.push(`unmount after '${why}': not done after ${hangMs} ms (seed ${options.seed}, mutated so far ${ledger.mutated}); status ${JSON.stringify(old.status())}`);
+        detach(mnt);
+      }
+    }
+    if (!(await deadline(mount().then(() => true), hangMs))) throw new Error(`mount after '${why}' did not finish in ${hangMs} ms`);
   };
 
   /** With mutation paused: does the mount answer? */
@@ -295,7 +308,8 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
         const reachesDevice = ledger.answered > answeredAtHealth;
         callsAtHealth = calls;
         answeredAtHealth = ledger.answered;
-        if (deviceGone || !reachesDevice || (!progressed && !worker.exited) || !(await healthy())) {
+        // A worker still starting (or between calls) has made no call yet: that is no verdict.
+        if (deviceGone || (progressed && !reachesDevice) || (progressed && !(await healthy()))) {
           await stopWorker(worker);
           await remount(deviceGone ? 'the device failed' : !reachesDevice ? 'calls no longer reach the device' : 'the mount stopped answering');
           worker = startWorker(rng.int(0, 0x7fffffff));
@@ -375,6 +389,23 @@ export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
     await client!.close().catch(() => undefined);
   }
   return ledger.report('api', options.seed, started, { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore });
+}
+
+/** Whether `promise` settled within `ms` (a timer keeps the process alive meanwhile). */
+async function deadline(promise: Promise<boolean>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const result = await Promise.race([promise, new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)))]);
+  clearTimeout(timer);
+  return result;
+}
+
+/** Lazily detaches whatever is mounted at `path` (after a client that did not unmount). */
+function detach(path: string): void {
+  try {
+    unmountPath(path);
+  } catch {
+    // nothing mounted
+  }
 }
 
 function sleep(ms: number): Promise<void> {

@@ -43,6 +43,8 @@ export interface Mutation {
   readonly length: number;
   readonly usedLen: number | undefined;
   readonly usedId: number | undefined;
+  /** The device never answers (the fault hook holds the request). */
+  readonly hold: boolean;
 }
 
 const HEADER = fuse_out_header.size;
@@ -107,6 +109,7 @@ interface Context {
   bytes: Uint8Array;
   bodyLen: number;
   ok: boolean;
+  hold: boolean;
 }
 
 const setLen = (c: Context, len: number) => view(c.reply.bytes).setUint32(LEN_AT, len >>> 0, true);
@@ -166,14 +169,18 @@ const KINDS: Readonly<Record<string, Mutate>> = {
   'used len short': (c) => ((c.reply.usedLen = c.rng.int(0, c.reply.bytes.length - 1)), 'must'),
   'used len beyond the chain': (c) => ((c.reply.usedLen = c.request.writableBytes + c.rng.int(1, 1 << 20)), 'must'),
   'used id never issued': (c) => ((c.reply.usedId = c.rng.pick([c.rng.int(1 << 16, 0x7fffffff), 0xffffffff])), 'fatal'),
+  'never answered': (c) => ((c.hold = true), 'must'),
 };
 
 export const MUTATION_KINDS = Object.keys(KINDS);
 
 /** The kinds that make the device broken: the fuzzer runs them rarely (each costs a remount). */
 const FATAL_SHARE = 0.002;
+/** Requests never answered: each holds a slot for good (the client answers EIO on timeout), so rarely. */
+const HOLD_SHARE = 0.005;
 const DIRENT_KINDS = ['dirent namelen', 'dirent off'];
-const ORDINARY_KINDS = MUTATION_KINDS.filter((k) => k !== 'used id never issued');
+const RARE_KINDS = ['used id never issued', 'never answered'];
+const ORDINARY_KINDS = MUTATION_KINDS.filter((k) => !RARE_KINDS.includes(k));
 
 /**
  * Mutates `reply` (to `request`) in place with a kind drawn from `rng`, or returns undefined when
@@ -184,11 +191,23 @@ export function mutate(rng: Rng, request: FakeRequest, reply: FakeReply): Mutati
   const ok = bytes.length >= HEADER && view(bytes).getInt32(ERROR_AT, true) === 0;
   // Directory streams are a small share of the replies: a third of them get a record mutated.
   const stream = isDirents(request.opcode) && ok && bytes.length > HEADER && rng.next() < 1 / 3;
-  const kinds = stream ? DIRENT_KINDS : rng.next() < FATAL_SHARE ? ['used id never issued'] : ORDINARY_KINDS;
+  const draw = rng.next();
+  const kinds = stream ? DIRENT_KINDS : draw < FATAL_SHARE ? ['used id never issued'] : draw < FATAL_SHARE + HOLD_SHARE ? ['never answered'] : ORDINARY_KINDS;
   const kind = rng.pick(kinds);
-  const expect = KINDS[kind]!({ rng, request, reply, bytes, bodyLen: Math.max(0, bytes.length - HEADER), ok });
+  const c: Context = { rng, request, reply, bytes, bodyLen: Math.max(0, bytes.length - HEADER), ok, hold: false };
+  const expect = KINDS[kind]!(c);
   if (expect === undefined) return undefined;
-  return { kind, expect, opcode: request.opcode, unique: request.unique, head: reply.bytes.slice(0, SHOWN), length: reply.bytes.length, usedLen: reply.usedLen, usedId: reply.usedId };
+  return {
+    kind,
+    expect,
+    opcode: request.opcode,
+    unique: request.unique,
+    head: reply.bytes.slice(0, SHOWN),
+    length: reply.bytes.length,
+    usedLen: reply.usedLen,
+    usedId: reply.usedId,
+    hold: c.hold,
+  };
 }
 
 /** Bytes of a mutated reply kept to show it: the header and the start of the body. */
@@ -197,5 +216,6 @@ const SHOWN = 96;
 /** A mutation in one line: to reproduce it, the seed and these bytes. */
 export function describeMutation(m: Mutation): string {
   const hex = Buffer.from(m.head).toString('hex');
+  if (m.hold) return `${opcodeName(m.opcode)} unique ${m.unique}: never answered`;
   return `${opcodeName(m.opcode)} unique ${m.unique}: ${m.kind} (${m.expect}); used len ${m.usedLen ?? 'as written'}${m.usedId !== undefined ? `, used id ${m.usedId}` : ''}; reply ${m.length} bytes: ${hex}${m.length > SHOWN ? '...' : ''}`;
 }
