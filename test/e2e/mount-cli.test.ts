@@ -14,6 +14,18 @@ import { requireRoot } from '../helpers/virtiofsd.ts';
 const run = promisify(execFile);
 const cli = (...args: string[]) => spawnSync(process.execPath, ['bin/virtiofs-client.js', ...args], { encoding: 'utf8' });
 
+const AS_NOBODY = ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups'];
+
+/** The CLI as user nobody (no runtime directory: a user's run directory falls back to /tmp), with `env` added. */
+function asNobodyWith(env: Record<string, string>, ...args: string[]) {
+  return spawnSync('setpriv', [...AS_NOBODY, process.execPath, 'bin/virtiofs-client.js', ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, HOME: '/tmp', XDG_RUNTIME_DIR: '', ...env },
+  });
+}
+
+const asNobody = (...args: string[]) => asNobodyWith({}, ...args);
+
 async function withDaemon(fn: (d: Virtiofsd, work: string) => Promise<void>): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'vfs-cli-'));
   mkdirSync(join(work, 'shared'));
@@ -108,11 +120,6 @@ test.serial('a transport string with a comma, spaces and = cannot inject mount o
     const fuseMode = statSync('/dev/fuse').mode & 0o777;
     chmodSync('/dev/fuse', 0o666);
     t.teardown(() => chmodSync('/dev/fuse', fuseMode));
-    const asNobody = (...args: string[]) =>
-      spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', process.execPath, 'bin/virtiofs-client.js', ...args], {
-        encoding: 'utf8',
-        env: { ...process.env, HOME: '/tmp', XDG_RUNTIME_DIR: '' },
-      });
     const mounted = asNobody('mount', '--transport', `vhost-user:${link}`, mnt);
     t.is(mounted.status, 0, mounted.stderr);
     t.is(mountsAt(mnt)[0]?.source, `vhost-user:${link}`, 'the whole string is the source');
@@ -129,17 +136,12 @@ test.serial('another user cannot read, stop or unmount root\'s mount, nor plant 
     chmodSync(work, 0o755);
     const mounted = cli('mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
     t.is(mounted.status, 0, mounted.stderr);
-    const nobody = (env: Record<string, string>, ...args: string[]) =>
-      spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', process.execPath, 'bin/virtiofs-client.js', ...args], {
-        encoding: 'utf8',
-        env: { ...process.env, HOME: '/tmp', XDG_RUNTIME_DIR: '', ...env },
-      });
     // Pointed at root's run directory, nobody cannot connect to the control socket (0755: connecting needs write).
     const socket = controlSocketPath(mnt);
     t.is(statSync(socket).mode & 0o002, 0, 'the control socket is not writable by others');
-    const status = nobody({ VIRTIOFS_CLIENT_RUN_DIR: dirname(socket) }, 'status', mnt);
+    const status = asNobodyWith({ VIRTIOFS_CLIENT_RUN_DIR: dirname(socket) }, 'status', mnt);
     t.notRegex(status.stdout, /device answer/, `status as nobody: ${status.stdout}${status.stderr}`);
-    const unmount = nobody({}, 'unmount', mnt);
+    const unmount = asNobody('unmount', mnt);
     t.not(unmount.status, 0, 'nobody cannot unmount root\'s mount');
     t.is(mountsAt(mnt).length, 1);
     const log = logPath(mnt);
@@ -153,7 +155,7 @@ test.serial('another user cannot read, stop or unmount root\'s mount, nor plant 
     chmodSync(planted, 0o777);
     t.teardown(() => rmSync(planted, { recursive: true, force: true }));
     chownSync(mnt, 65534, 65534);
-    const refused = nobody({}, 'mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
+    const refused = asNobody('mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
     t.is(refused.status, 1);
     t.regex(refused.stderr, /^virtiofs-client: \/tmp\/virtiofs-client-65534 is owned by uid 0, not 65534: its control socket and log would not be safe/);
     t.is(refused.stderr.trim().split('\n').length, 1, refused.stderr);
@@ -173,24 +175,16 @@ test.serial('an unprivileged user mounts through fusermount3, uses the mount, an
     // Without udev (as here) /dev/fuse is root-only; Debian's udev makes it 0666. Say so first.
     const fuseMode = statSync('/dev/fuse').mode & 0o777;
     if (fuseMode !== 0o666) {
-      const refused = spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', process.execPath, 'bin/virtiofs-client.js', 'mount', '--transport', `vhost-user:${d.socketPath}`, mnt], {
-        encoding: 'utf8',
-        env: { ...process.env, HOME: '/tmp', XDG_RUNTIME_DIR: '' },
-      });
+      const refused = asNobody('mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
       t.is(refused.status, 1);
       t.regex(refused.stderr, /users need \/dev\/fuse mode 0666, as udev sets it on Debian/);
       chmodSync('/dev/fuse', 0o666);
     }
     t.teardown(() => chmodSync('/dev/fuse', fuseMode));
-    const asNobody = (...args: string[]) =>
-      spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', process.execPath, 'bin/virtiofs-client.js', ...args], {
-        encoding: 'utf8',
-        env: { ...process.env, HOME: '/tmp', XDG_RUNTIME_DIR: '' },
-      });
     const mounted = asNobody('mount', '--transport', `vhost-user:${d.socketPath}`, mnt);
     t.is(mounted.status, 0, mounted.stderr);
     t.is(mountsAt(mnt)[0]?.fstype, 'fuse.virtiofs-client');
-    const ls = spawnSync('setpriv', ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups', 'cat', join(mnt, 'hello')], { encoding: 'utf8' });
+    const ls = spawnSync('setpriv', [...AS_NOBODY, 'cat', join(mnt, 'hello')], { encoding: 'utf8' });
     t.is(ls.stdout, 'hello\n', ls.stderr);
     const status = asNobody('status', mnt);
     t.regex(status.stdout, /device answer legacy/);

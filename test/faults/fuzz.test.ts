@@ -12,6 +12,8 @@ const SEED = 20261205;
 const REPLIES = 2000;
 /** A call through the relay answers in well under a millisecond here; a hang is one that has not in 10 s. */
 const HANG_MS = 10_000;
+/** Replies never sent fail this fast (each holds the run up that long). */
+const REQUEST_TIMEOUT_MS = 300;
 
 function assertClean(t: import('ava').ExecutionContext, r: FuzzReport): void {
   t.log(formatReport(r));
@@ -29,9 +31,9 @@ function assertClean(t: import('ava').ExecutionContext, r: FuzzReport): void {
 
 test.serial('fuzz through a /dev/fuse mount: 2,000 mutated replies, seed 20261205', async (t) => {
   if (!requireRoot(t)) return;
-  assertClean(t, await fuzzMount({ seed: SEED, replies: REPLIES, hangMs: HANG_MS }));
+  assertClean(t, await fuzzMount({ seed: SEED, replies: REPLIES, hangMs: HANG_MS, requestTimeoutMs: REQUEST_TIMEOUT_MS }));
 });
 
 test.serial('fuzz through the client API: 2,000 mutated replies, seed 20261205', async (t) => {
-  assertClean(t, await fuzzApi({ seed: SEED, replies: REPLIES, hangMs: HANG_MS }));
+  assertClean(t, await fuzzApi({ seed: SEED, replies: REPLIES, hangMs: HANG_MS, requestTimeoutMs: REQUEST_TIMEOUT_MS }));
 });

@@ -34,6 +34,8 @@ export interface FuzzOptions {
   rate?: number;
   /** A call that has not returned after this long is a hang; default 10 s. */
   hangMs?: number;
+  /** The client's request timeout (a reply never sent gives EIO/ETIMEDOUT after it); default hangMs / 5. */
+  requestTimeoutMs?: number;
   progress?: (line: string) => void;
 }
 
@@ -154,6 +156,40 @@ class Ledger {
   }
 }
 
+/** What both targets keep while they run. */
+class Run {
+  readonly hangMs: number;
+  readonly requestTimeoutMs: number;
+  readonly rng: Rng;
+  readonly ledger: Ledger;
+  readonly callErrors = new Map<string, number>();
+  readonly hangs: string[] = [];
+  readonly crashes: string[] = [];
+  calls = 0;
+  remounts = 0;
+  private readonly started = performance.now();
+  private readonly rssBefore = process.memoryUsage().rss;
+  private readonly fdsBefore = fds();
+
+  constructor(readonly options: FuzzOptions) {
+    this.hangMs = options.hangMs ?? 10_000;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? Math.max(100, this.hangMs / 5);
+    this.rng = new Rng(options.seed);
+    this.ledger = new Ledger(this.rng, options.replies, options.rate ?? 0.5);
+  }
+
+  /** One application call ended with `result` ('ok' or an error name). */
+  called(result: string): void {
+    this.calls++;
+    if (result !== 'ok') this.callErrors.set(result, (this.callErrors.get(result) ?? 0) + 1);
+  }
+
+  report(target: FuzzReport['target']): FuzzReport {
+    const { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore } = this;
+    return this.ledger.report(target, this.options.seed, this.started, { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore });
+  }
+}
+
 // ---- the mount target ----------------------------------------------------------------
 
 /** The application: system calls on the mount in a seeded loop, one line before and after each. */
@@ -194,18 +230,9 @@ interface Worker {
 
 /** The fuzzer on a real /dev/fuse mount: the relay over the fault-injecting device. */
 export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
-  const hangMs = options.hangMs ?? 10_000;
-  const rng = new Rng(options.seed);
-  const ledger = new Ledger(rng, options.replies, options.rate ?? 0.5);
+  const run = new Run(options);
+  const { hangMs, rng, ledger, hangs, crashes } = run;
   const mnt = mkdtempSync(join(tmpdir(), 'vfs-fuzz-'));
-  const callErrors = new Map<string, number>();
-  const hangs: string[] = [];
-  const crashes: string[] = [];
-  let calls = 0;
-  let remounts = 0;
-  const started = performance.now();
-  const rssBefore = process.memoryUsage().rss;
-  const fdsBefore = fds();
 
   let relay: FuseRelay | undefined;
   let gone: string | undefined;
@@ -217,7 +244,7 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
       transport: fake,
       mountpoint: mnt,
       // A request never answered gets EIO well inside the hang bound.
-      timeoutMs: Math.max(100, hangMs / 5),
+      timeoutMs: run.requestTimeoutMs,
       log: (line) => {
         if (/thread failed/.test(line)) crashes.push(line);
         ledger.note(line, generation);
@@ -230,7 +257,7 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
   };
   const remount = async (why: string) => {
     options.progress?.(`remount: ${why}`);
-    remounts++;
+    run.remounts++;
     // The client's own teardown and mount must finish too: one that does not is a hang.
     const old = relay;
     relay = undefined;
@@ -268,9 +295,7 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
       if (line.startsWith('B ')) w.pending = line.slice(2);
       else if (line.startsWith('R ')) {
         w.pending = undefined;
-        calls++;
-        const result = line.slice(line.lastIndexOf(' ') + 1);
-        if (result !== 'ok') callErrors.set(result, (callErrors.get(result) ?? 0) + 1);
+        run.called(line.slice(line.lastIndexOf(' ') + 1));
       }
     });
     return w;
@@ -302,11 +327,11 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
       const deviceGone = gone !== undefined;
       if (worker.exited || deviceGone || now - lastHealth > 500) {
         lastHealth = now;
-        const progressed = calls > callsAtHealth;
+        const progressed = run.calls > callsAtHealth;
         // Calls that no longer reach the device: the kernel has marked the nodes bad (a mutated
         // reply changed a node's type, say): only a new mount helps.
         const reachesDevice = ledger.answered > answeredAtHealth;
-        callsAtHealth = calls;
+        callsAtHealth = run.calls;
         answeredAtHealth = ledger.answered;
         // A worker still starting (or between calls) has made no call yet: that is no verdict.
         if (deviceGone || (progressed && !reachesDevice) || (progressed && !(await healthy()))) {
@@ -319,7 +344,7 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
       }
       if (options.progress && now - lastReport > 5000) {
         lastReport = now;
-        options.progress(`${ledger.mutated}/${options.replies} mutated, ${ledger.answered} answered, ${calls} calls, ${remounts} remounts`);
+        options.progress(`${ledger.mutated}/${options.replies} mutated, ${ledger.answered} answered, ${run.calls} calls, ${run.remounts} remounts`);
       }
     }
   } finally {
@@ -327,24 +352,15 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
     await relay?.unmount().catch(() => undefined);
     rmSync(mnt, { recursive: true, force: true });
   }
-  return ledger.report('mount', options.seed, started, { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore });
+  return run.report('mount');
 }
 
 // ---- the client API target -------------------------------------------------------------
 
 /** The fuzzer through the client API: calls from this process, each awaited with a deadline. */
 export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
-  const hangMs = options.hangMs ?? 10_000;
-  const rng = new Rng(options.seed);
-  const ledger = new Ledger(rng, options.replies, options.rate ?? 0.5);
-  const callErrors = new Map<string, number>();
-  const hangs: string[] = [];
-  const crashes: string[] = [];
-  let calls = 0;
-  let remounts = 0;
-  const started = performance.now();
-  const rssBefore = process.memoryUsage().rss;
-  const fdsBefore = fds();
+  const run = new Run(options);
+  const { hangMs, rng, ledger, hangs } = run;
 
   let fake: FakeVirtioFs;
   let client: VirtioFsClient;
@@ -352,7 +368,7 @@ export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
     ledger.generation++;
     const generation = ledger.generation;
     fake = new FakeVirtioFs({ fault: ledger.hook });
-    client = await VirtioFsClient.connect({ transport: fake, log: (line) => ledger.note(line, generation), timeoutMs: hangMs / 4 });
+    client = await VirtioFsClient.connect({ transport: fake, log: (line) => ledger.note(line, generation), timeoutMs: run.requestTimeoutMs });
   };
   await connect();
   const ops: [string, () => Promise<unknown>][] = [
@@ -375,20 +391,21 @@ export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
         new Promise<string>((resolve) => (timer = setTimeout(() => resolve('hang'), hangMs))),
       ]);
       clearTimeout(timer);
-      calls++;
-      if (outcome === 'hang') hangs.push(`${name}: no answer after ${hangMs} ms (seed ${options.seed}, mutated so far ${ledger.mutated})`);
-      else if (outcome !== 'ok') callErrors.set(outcome, (callErrors.get(outcome) ?? 0) + 1);
+      if (outcome === 'hang') {
+        run.calls++;
+        hangs.push(`${name}: no answer after ${hangMs} ms (seed ${options.seed}, mutated so far ${ledger.mutated})`);
+      } else run.called(outcome);
       // A broken device (a used ring naming a chain never given) fails every request: start anew.
       if (outcome === 'hang' || fake!.failure !== undefined || client!.session.device.failed !== undefined) {
         await client!.close().catch(() => undefined);
-        remounts++;
+        run.remounts++;
         await connect();
       }
     }
   } finally {
     await client!.close().catch(() => undefined);
   }
-  return ledger.report('api', options.seed, started, { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore });
+  return run.report('api');
 }
 
 /** Whether `promise` settled within `ms` (a timer keeps the process alive meanwhile). */
