@@ -13,10 +13,13 @@ const { values } = parseArgs({
     rate: { type: 'string', default: '0.5' },
     target: { type: 'string', default: 'both' },
     'hang-ms': { type: 'string', default: '10000' },
+    'request-timeout-ms': { type: 'string', default: '300' },
     help: { type: 'boolean', short: 'h' },
   },
 });
-const usage = 'usage: npm run fuzz -- [--seed <n>] [--replies <mutated replies>] [--rate <0..1>] [--target mount|api|both] [--hang-ms <ms>]';
+const usage =
+  'usage: npm run fuzz -- [--seed <n>] [--replies <mutated replies>] [--rate <0..1>] [--target mount|api|both] [--hang-ms <ms>]\n' +
+  '                       [--request-timeout-ms <ms>: the client\'s timeout for a reply never sent, default 300]';
 if (values.help) {
   console.log(usage);
   process.exit(0);
@@ -25,7 +28,8 @@ const seed = Number(values.seed);
 const replies = Number(values.replies);
 const rate = Number(values.rate);
 const hangMs = Number(values['hang-ms']);
-if (!Number.isInteger(seed) || !Number.isInteger(replies) || replies < 1 || !(rate > 0 && rate <= 1) || !['mount', 'api', 'both'].includes(values.target) || !(hangMs > 0)) {
+const requestTimeoutMs = Number(values['request-timeout-ms']);
+if (!Number.isInteger(seed) || !Number.isInteger(replies) || replies < 1 || !(rate > 0 && rate <= 1) || !['mount', 'api', 'both'].includes(values.target) || !(hangMs > 0) || !(requestTimeoutMs > 0 && requestTimeoutMs < hangMs)) {
   console.error(usage);
   process.exit(2);
 }
@@ -35,8 +39,8 @@ if (values.target !== 'api' && process.getuid?.() !== 0) {
 }
 const progress = (line: string) => console.error(`fuzz: ${line}`);
 const reports: FuzzReport[] = [];
-if (values.target !== 'api') reports.push(await fuzzMount({ seed, replies, rate, hangMs, progress }));
-if (values.target !== 'mount') reports.push(await fuzzApi({ seed, replies, rate, hangMs, progress }));
+if (values.target !== 'api') reports.push(await fuzzMount({ seed, replies, rate, hangMs, requestTimeoutMs, progress }));
+if (values.target !== 'mount') reports.push(await fuzzApi({ seed, replies, rate, hangMs, requestTimeoutMs, progress }));
 for (const r of reports) console.log(formatReport(r));
 const bad = reports.some((r) => r.missed.length + r.falseAlarms.length + r.namedTwice.length + r.hangs.length + r.crashes.length > 0);
 process.exit(bad ? 1 : 0);
