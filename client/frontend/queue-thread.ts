@@ -251,6 +251,8 @@ export class QueueThread {
         this.complete();
         if (this.sourceReady) this.pump();
         if (stop === FINISH && !this.sourceClosed) this.closeSource();
+        // A broken queue (complete() set exitReason and closed the source) says so, not 'unmounted'.
+        if (this.exitReason !== undefined) break;
         if (this.sourceClosed) {
           if (this.inFlight === 0) return this.setup.role === 'request' ? 'unmounted' : 'finished';
           // What the device still holds was answered EIO on timeout already: nobody waits for it.

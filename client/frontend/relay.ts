@@ -31,7 +31,7 @@ import {
   fuse_out_header,
 } from '../protocol/index.ts';
 import { openTransport } from '../transport/open.ts';
-import type { VirtioTransport } from '../transport/transport.ts';
+import { TransportError, type VirtioTransport } from '../transport/transport.ts';
 import { DEFAULT_POLL_US, HIPRIO_QUEUE, VirtioFsDevice, type DeviceOptions, type QueueLoan, type Slot } from '../virtio/virtio-fs-device.ts';
 import { ForgetMailbox } from './forget-mailbox.ts';
 import { FuseMount } from './fuse-mount.ts';
@@ -265,6 +265,9 @@ export class FuseRelay {
     if (entry.exited) return;
     entry.exited = true;
     entry.leftInFlight = inFlight;
+    // A thread that found its queue broken (a corrupt used ring) has found the device broken: the
+    // other threads abort, and no FUSE_DESTROY goes down a ring the device has lost track of.
+    if (reason.startsWith('device failed: ')) this.device.fail(new TransportError(reason.slice('device failed: '.length), 'EPROTO'));
     // One request thread seeing the unmount (or failing) ends the mount for all.
     if (entry.role === 'request') this.teardown(reason === 'unmounted' || reason === 'exited' ? 'unmounted' : reason);
     const requestThreadsLeft = this.workers.some((w) => w.role === 'request' && !w.exited);

@@ -86,6 +86,8 @@ export interface FakeVirtioFsOptions {
   delayMs?: number | ((request: FakeRequest) => number);
   /** Persistent fault hook (see FaultHook); one-shot hooks go through faultNext(). */
   fault?: FaultHook;
+  /** Told of every reply once it is on the used ring (the driver may see it from then on). */
+  onComplete?: (request: FakeRequest, reply: FakeReply) => void;
 }
 
 /** One request as the device received it. */
@@ -321,7 +323,7 @@ export class FakeVirtioFs implements VirtioTransport {
     this.dropKeepAlive();
     for (const h of held) {
       rewrite?.(h.request, h.reply);
-      this.complete(h.request.queue, h.chain, h.reply);
+      this.complete(h.request, h.chain, h.reply);
     }
     return held.length;
   }
@@ -415,17 +417,18 @@ export class FakeVirtioFs implements VirtioTransport {
     }
     const delay = this.options.delayMs;
     const ms = typeof delay === 'function' ? delay(request) : (delay ?? 0);
-    this.later(ms, () => this.complete(index, chain, reply));
+    this.later(ms, () => this.complete(request, chain, reply));
   }
 
-  private complete(index: number, chain: DeviceChain, reply: FakeReply): void {
+  private complete(request: FakeRequest, chain: DeviceChain, reply: FakeReply): void {
     if (!this.alive()) return;
     this.outstanding--;
-    const q = this.queues.get(index)!;
+    const q = this.queues.get(request.queue)!;
     const room = chain.writable.reduce((n, s) => n + s.length, 0);
     const written = q.ring.write(chain, reply.bytes.subarray(0, Math.min(room, reply.bytes.length)));
     const before = q.ring.notifications;
     q.ring.complete([reply.usedId ?? chain.head, reply.usedLen ?? written]);
+    this.options.onComplete?.(request, reply);
     if (q.ring.notifications !== before) q.onUsed();
   }
 

@@ -22,7 +22,7 @@ import { createInterface } from 'node:readline';
 import { ROOT, VirtioFsClient } from '../../client/client.ts';
 import { unmount as unmountPath } from '../../client/frontend/fuse-mount.ts';
 import { FuseRelay } from '../../client/frontend/relay.ts';
-import { Opcode } from '../../client/protocol/index.ts';
+import { Opcode, opcodeName } from '../../client/protocol/index.ts';
 import { FILE_SIZE, FakeVirtioFs, HELLO, SUB, type FaultAction, type FakeReply, type FakeRequest } from './fake-virtio-fs.ts';
 import { Rng, describeMutation, mutate, uncacheable, type Mutation } from './reply-mutator.ts';
 
@@ -50,6 +50,8 @@ export interface FuzzReport {
   named: number;
   /** Mutations the client had to catch and did not name: each described (seed + bytes reproduce it). */
   missed: string[];
+  /** Mutations a remount overtook: the client never saw the reply (or not for its timeout's length). */
+  undelivered: number;
   /** Log lines about a malformed reply that name no mutated request. */
   falseAlarms: string[];
   /** Mutated replies named by more than one line. */
@@ -79,6 +81,11 @@ class Ledger {
   readonly mutations = new Map<string, Mutation>();
   readonly byKind = new Map<string, { mutated: number; named: number }>();
   readonly namedBy = new Map<string, number>();
+  /** Mutated replies the device put on the used ring (a remount may come first). */
+  readonly delivered = new Set<string>();
+  /** When each held request was held, and when each mount ended. */
+  readonly heldAt = new Map<string, number>();
+  readonly ended = new Map<number, number>();
   readonly falseAlarms: string[] = [];
   answered = 0;
   mutated = 0;
@@ -106,7 +113,9 @@ class Ledger {
       const m = mutate(this.rng, request, reply);
       if (!m) continue;
       this.mutated++;
-      this.mutations.set(`${this.generation}:${m.unique}`, m);
+      const key = `${this.generation}:${m.unique}`;
+      this.mutations.set(key, m);
+      if (m.hold) this.heldAt.set(key, performance.now());
       const k = this.byKind.get(m.kind) ?? { mutated: 0, named: 0 };
       k.mutated++;
       this.byKind.set(m.kind, k);
@@ -115,6 +124,17 @@ class Ledger {
     }
   };
 
+  /** The fake device's completion hook: the reply reached the used ring. */
+  readonly completed = (request: FakeRequest): void => {
+    const key = `${this.generation}:${request.unique}`;
+    if (this.mutations.has(key)) this.delivered.add(key);
+  };
+
+  /** The current mount is being torn down. */
+  endGeneration(): void {
+    this.ended.set(this.generation, performance.now());
+  }
+
   /** A client log line: which mutated reply it names, if any. */
   note(line: string, generation: number): void {
     if (!/malformed reply|not translatable|no reply/.test(line)) return;
@@ -122,19 +142,35 @@ class Ledger {
     const key = unique === undefined ? undefined : `${generation}:${unique}`;
     const m = key === undefined ? undefined : this.mutations.get(key);
     if (!m) {
-      this.falseAlarms.push(line);
+      // What this mount's device was last made to do, to tell what led to the line.
+      const recent = [...this.mutations.entries()].filter(([k]) => k.startsWith(`${generation}:`)).slice(-4).map(([, r]) => `${opcodeName(r.opcode)} ${r.unique} ${r.kind}`);
+      this.falseAlarms.push(`${line} [mount ${generation}; its last mutations: ${recent.join('; ') || 'none'}]`);
       return;
     }
     this.namedBy.set(key!, (this.namedBy.get(key!) ?? 0) + 1);
     if (this.namedBy.get(key!) === 1) this.byKind.get(m.kind)!.named++;
   }
 
-  report(target: FuzzReport['target'], seed: number, started: number, rest: Pick<FuzzReport, 'calls' | 'callErrors' | 'hangs' | 'crashes' | 'remounts' | 'rssBefore' | 'fdsBefore'>): FuzzReport {
+  report(
+    target: FuzzReport['target'],
+    seed: number,
+    started: number,
+    requestTimeoutMs: number,
+    rest: Pick<FuzzReport, 'calls' | 'callErrors' | 'hangs' | 'crashes' | 'remounts' | 'rssBefore' | 'fdsBefore'>,
+  ): FuzzReport {
     const missed: string[] = [];
     const namedTwice: string[] = [];
+    let undelivered = 0;
+    const now = performance.now();
     for (const [key, m] of this.mutations) {
       const n = this.namedBy.get(key) ?? 0;
-      if (m.expect === 'must' && n === 0) missed.push(describeMutation(m));
+      if (m.expect === 'must' && n === 0) {
+        // Owed a line only if the client saw the reply, or (never answered) had its timeout's time.
+        const generation = Number(key.slice(0, key.indexOf(':')));
+        const seen = m.hold ? (this.ended.get(generation) ?? now) - this.heldAt.get(key)! > 2 * requestTimeoutMs : this.delivered.has(key);
+        if (seen) missed.push(describeMutation(m));
+        else undelivered++;
+      }
       if (n > 1) namedTwice.push(`${describeMutation(m)}: named ${n} times`);
     }
     return {
@@ -145,6 +181,7 @@ class Ledger {
       mutated: this.mutated,
       byKind: this.byKind,
       named: [...this.namedBy.values()].filter((n) => n > 0).length,
+      undelivered,
       missed,
       falseAlarms: this.falseAlarms,
       namedTwice,
@@ -186,7 +223,7 @@ class Run {
 
   report(target: FuzzReport['target']): FuzzReport {
     const { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore } = this;
-    return this.ledger.report(target, this.options.seed, this.started, { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore });
+    return this.ledger.report(target, this.options.seed, this.started, this.requestTimeoutMs, { calls, callErrors, hangs, crashes, remounts, rssBefore, fdsBefore });
   }
 }
 
@@ -239,7 +276,7 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
   const mount = async () => {
     ledger.generation++;
     const generation = ledger.generation;
-    const fake = new FakeVirtioFs({ fault: ledger.hook });
+    const fake = new FakeVirtioFs({ fault: ledger.hook, onComplete: ledger.completed });
     relay = await FuseRelay.mount({
       transport: fake,
       mountpoint: mnt,
@@ -261,6 +298,7 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
     // The client's own teardown and mount must finish too: one that does not is a hang.
     const old = relay;
     relay = undefined;
+    ledger.endGeneration();
     if (old) {
       const done = await deadline(old.unmount().then(() => true, () => true), hangMs);
       if (!done) {
@@ -367,7 +405,7 @@ export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
   const connect = async () => {
     ledger.generation++;
     const generation = ledger.generation;
-    fake = new FakeVirtioFs({ fault: ledger.hook });
+    fake = new FakeVirtioFs({ fault: ledger.hook, onComplete: ledger.completed });
     client = await VirtioFsClient.connect({ transport: fake, log: (line) => ledger.note(line, generation), timeoutMs: run.requestTimeoutMs });
   };
   await connect();
@@ -397,6 +435,7 @@ export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
       } else run.called(outcome);
       // A broken device (a used ring naming a chain never given) fails every request: start anew.
       if (outcome === 'hang' || fake!.failure !== undefined || client!.session.device.failed !== undefined) {
+        ledger.endGeneration();
         await client!.close().catch(() => undefined);
         run.remounts++;
         await connect();
@@ -437,7 +476,7 @@ export function formatReport(r: FuzzReport): string {
   return [
     `${r.target}: seed ${r.seed}, ${r.seconds.toFixed(1)} s: ${r.answered} replies answered, ${r.mutated} mutated, ${r.named} named in a log line`,
     `  calls ${r.calls} (errors: ${errors}); hangs ${r.hangs.length}; crashes ${r.crashes.length}; device failures ${r.deviceFailures}; remounts ${r.remounts}`,
-    `  missed ${r.missed.length}; false alarms ${r.falseAlarms.length}; named twice ${r.namedTwice.length}`,
+    `  missed ${r.missed.length}; false alarms ${r.falseAlarms.length}; named twice ${r.namedTwice.length}; overtaken by a remount ${r.undelivered}`,
     `  RSS ${mib(r.rssBefore)} -> ${mib(r.rssAfter)} MiB; open descriptors ${r.fdsBefore} -> ${r.fdsAfter}`,
     ...kinds,
     ...[...r.missed, ...r.falseAlarms, ...r.namedTwice, ...r.hangs, ...r.crashes].slice(0, 20).map((l) => `  ! ${l}`),
