@@ -120,7 +120,7 @@ class Ledger {
       k.mutated++;
       this.byKind.set(m.kind, k);
       if (m.expect === 'fatal') this.deviceFailures++;
-      return m.hold ? 'hold' : undefined;
+      return m.hold ? 'hold' : m.die ? 'die' : undefined;
     }
   };
 

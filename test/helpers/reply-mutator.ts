@@ -45,6 +45,8 @@ export interface Mutation {
   readonly usedId: number | undefined;
   /** The device never answers (the fault hook holds the request). */
   readonly hold: boolean;
+  /** The device goes away on this request (the fault hook kills it: a backend hanging up). */
+  readonly die: boolean;
 }
 
 const HEADER = fuse_out_header.size;
@@ -110,6 +112,7 @@ interface Context {
   bodyLen: number;
   ok: boolean;
   hold: boolean;
+  die: boolean;
 }
 
 const setLen = (c: Context, len: number) => view(c.reply.bytes).setUint32(LEN_AT, len >>> 0, true);
@@ -170,6 +173,7 @@ const KINDS: Readonly<Record<string, Mutate>> = {
   'used len beyond the chain': (c) => ((c.reply.usedLen = c.request.writableBytes + c.rng.int(1, 1 << 20)), 'must'),
   'used id never issued': (c) => ((c.reply.usedId = c.rng.pick([c.rng.int(1 << 16, 0x7fffffff), 0xffffffff])), 'fatal'),
   'never answered': (c) => ((c.hold = true), 'must'),
+  'device gone mid-stream': (c) => ((c.die = true), 'fatal'),
 };
 
 export const MUTATION_KINDS = Object.keys(KINDS);
@@ -179,7 +183,7 @@ const FATAL_SHARE = 0.002;
 /** Requests never answered: each holds a slot for good (the client answers EIO on timeout), so rarely. */
 const HOLD_SHARE = 0.005;
 const DIRENT_KINDS = ['dirent namelen', 'dirent off'];
-const RARE_KINDS = ['used id never issued', 'never answered'];
+const RARE_KINDS = ['used id never issued', 'never answered', 'device gone mid-stream'];
 const ORDINARY_KINDS = MUTATION_KINDS.filter((k) => !RARE_KINDS.includes(k));
 
 /**
@@ -192,9 +196,15 @@ export function mutate(rng: Rng, request: FakeRequest, reply: FakeReply): Mutati
   // Directory streams are a small share of the replies: a third of them get a record mutated.
   const stream = isDirents(request.opcode) && ok && bytes.length > HEADER && rng.next() < 1 / 3;
   const draw = rng.next();
-  const kinds = stream ? DIRENT_KINDS : draw < FATAL_SHARE ? ['used id never issued'] : draw < FATAL_SHARE + HOLD_SHARE ? ['never answered'] : ORDINARY_KINDS;
+  const kinds = stream
+    ? DIRENT_KINDS
+    : draw < FATAL_SHARE
+      ? ['used id never issued', 'device gone mid-stream']
+      : draw < FATAL_SHARE + HOLD_SHARE
+        ? ['never answered']
+        : ORDINARY_KINDS;
   const kind = rng.pick(kinds);
-  const c: Context = { rng, request, reply, bytes, bodyLen: Math.max(0, bytes.length - HEADER), ok, hold: false };
+  const c: Context = { rng, request, reply, bytes, bodyLen: Math.max(0, bytes.length - HEADER), ok, hold: false, die: false };
   const expect = KINDS[kind]!(c);
   if (expect === undefined) return undefined;
   return {
@@ -207,6 +217,7 @@ export function mutate(rng: Rng, request: FakeRequest, reply: FakeReply): Mutati
     usedLen: reply.usedLen,
     usedId: reply.usedId,
     hold: c.hold,
+    die: c.die,
   };
 }
 
@@ -216,6 +227,6 @@ const SHOWN = 96;
 /** A mutation in one line: to reproduce it, the seed and these bytes. */
 export function describeMutation(m: Mutation): string {
   const hex = Buffer.from(m.head).toString('hex');
-  if (m.hold) return `${opcodeName(m.opcode)} unique ${m.unique}: never answered`;
+  if (m.hold || m.die) return `${opcodeName(m.opcode)} unique ${m.unique}: ${m.kind}`;
   return `${opcodeName(m.opcode)} unique ${m.unique}: ${m.kind} (${m.expect}); used len ${m.usedLen ?? 'as written'}${m.usedId !== undefined ? `, used id ${m.usedId}` : ''}; reply ${m.length} bytes: ${hex}${m.length > SHOWN ? '...' : ''}`;
 }
