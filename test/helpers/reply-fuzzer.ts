@@ -81,11 +81,12 @@ class Ledger {
   readonly mutations = new Map<string, Mutation>();
   readonly byKind = new Map<string, { mutated: number; named: number }>();
   readonly namedBy = new Map<string, number>();
-  /** Mutated replies the device put on the used ring (a remount may come first). */
-  readonly delivered = new Set<string>();
-  /** When each held request was held, and when each mount ended. */
+  /** When the device put each mutated reply on the used ring (a remount may come first). */
+  readonly delivered = new Map<string, number>();
+  /** When each held request was held, and when each mount ended; the mounts whose device failed. */
   readonly heldAt = new Map<string, number>();
   readonly ended = new Map<number, number>();
+  readonly failedGenerations = new Set<number>();
   readonly falseAlarms: string[] = [];
   answered = 0;
   mutated = 0;
@@ -127,12 +128,13 @@ class Ledger {
   /** The fake device's completion hook: the reply reached the used ring. */
   readonly completed = (request: FakeRequest): void => {
     const key = `${this.generation}:${request.unique}`;
-    if (this.mutations.has(key)) this.delivered.add(key);
+    if (this.mutations.has(key)) this.delivered.set(key, performance.now());
   };
 
-  /** The current mount is being torn down. */
-  endGeneration(): void {
+  /** The current mount is being torn down (`failed`: its device failed). */
+  endGeneration(failed: boolean): void {
     this.ended.set(this.generation, performance.now());
+    if (failed) this.failedGenerations.add(this.generation);
   }
 
   /** A client log line: which mutated reply it names, if any. */
@@ -167,7 +169,11 @@ class Ledger {
       if (m.expect === 'must' && n === 0) {
         // Owed a line only if the client saw the reply, or (never answered) had its timeout's time.
         const generation = Number(key.slice(0, key.indexOf(':')));
-        const seen = m.hold ? (this.ended.get(generation) ?? now) - this.heldAt.get(key)! > 2 * requestTimeoutMs : this.delivered.has(key);
+        const end = this.ended.get(generation) ?? now;
+        // A device failure fails everything in flight at once, replies already on the used ring too.
+        const seen = m.hold
+          ? end - this.heldAt.get(key)! > 2 * requestTimeoutMs
+          : this.delivered.has(key) && !(this.failedGenerations.has(generation) && end - this.delivered.get(key)! < 1000);
         if (seen) missed.push(describeMutation(m));
         else undelivered++;
       }
@@ -298,7 +304,7 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
     // The client's own teardown and mount must finish too: one that does not is a hang.
     const old = relay;
     relay = undefined;
-    ledger.endGeneration();
+    ledger.endGeneration(gone !== undefined && gone !== 'unmounted');
     if (old) {
       const done = await deadline(old.unmount().then(() => true, () => true), hangMs);
       if (!done) {
@@ -435,7 +441,7 @@ export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
       } else run.called(outcome);
       // A broken device (a used ring naming a chain never given) fails every request: start anew.
       if (outcome === 'hang' || fake!.failure !== undefined || client!.session.device.failed !== undefined) {
-        ledger.endGeneration();
+        ledger.endGeneration(outcome !== 'hang');
         await client!.close().catch(() => undefined);
         run.remounts++;
         await connect();
