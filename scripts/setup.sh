@@ -33,11 +33,12 @@ needed=(libfuse2 fuse3 qemu-system-common)
 
 if (( for_tests )); then
   why[gcc]="cc and cpp: tests compile <linux/fuse.h> and preprocess each architecture's headers"
-  why[python3]="the tests read xattrs of the shared directory with os.getxattr"
+  why[python3]="the tests read xattrs with os.getxattr, and the fuzzer, crash and concurrency tests run their applications in it"
   why[git]="the mount tests run git init/commit/fsck inside a mounted directory"
   why[systemd]="systemd-analyze verify checks the example units in examples/systemd"
   why[binutils]="readelf: scripts/rust-virtiofsd/build.sh checks the Rust virtiofsd's libraries (a second real backend)"
-  needed+=(gcc python3 git systemd binutils)
+  why[e2fsprogs]="lsattr and chattr: the fileattr ioctl tests through a mount"
+  needed+=(gcc python3 git systemd binutils e2fsprogs)
   # Every Linux architecture's uapi headers: the ground truth the arch tables are tested against.
   for a in amd64 i386 arm64 armhf alpha hppa m68k mips64el mipsel powerpc ppc64el riscv64 s390x sparc64; do
     why[linux-libc-dev-$a-cross]="$a's real fcntl.h/errno.h, compared with client/arch tables by the tests"
