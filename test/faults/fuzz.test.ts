@@ -15,6 +15,10 @@ const HANG_MS = 10_000;
 /** Replies never sent fail this fast (each holds the run up that long). */
 const REQUEST_TIMEOUT_MS = 300;
 
+/** Kinds too rare to come up in 2,000 draws every time; and those that need a directory listing at the device. */
+const RARE = ['used id never issued', 'device gone mid-stream'];
+const DIRENT = ['dirent namelen', 'dirent off'];
+
 function assertClean(t: import('ava').ExecutionContext, r: FuzzReport): void {
   t.log(formatReport(r));
   t.is(r.mutated, REPLIES);
@@ -24,8 +28,11 @@ function assertClean(t: import('ava').ExecutionContext, r: FuzzReport): void {
   t.deepEqual(r.hangs, []);
   t.deepEqual(r.crashes, []);
   t.true(r.named > REPLIES / 2, `${r.named} of ${REPLIES} mutated replies named`);
-  // Every kind but the rare device-breaking ones comes up in 2,000 draws.
-  for (const kind of MUTATION_KINDS.filter((k) => k !== 'used id never issued' && k !== 'device gone mid-stream')) t.true((r.byKind.get(kind)?.mutated ?? 0) > 0, `${kind} was tried`);
+  // Every kind but the rare device-breaking ones comes up in 2,000 draws. Through a mount, which
+  // listings reach the device is the kernel's choice (READDIRPLUS_AUTO, timing): there the
+  // dirent kinds are not required; the client API lists a directory on every fifth call or so.
+  const required = MUTATION_KINDS.filter((k) => !RARE.includes(k) && (r.target === 'api' || !DIRENT.includes(k)));
+  for (const kind of required) t.true((r.byKind.get(kind)?.mutated ?? 0) > 0, `${kind} was tried`);
   t.true(r.fdsAfter - r.fdsBefore < 64, `open descriptors ${r.fdsBefore} -> ${r.fdsAfter} over ${r.remounts} remounts`);
 }
 
