@@ -44,30 +44,15 @@ const SIZE_SHIFT = 16;
 
 export type IoctlDirection = 'none' | 'read' | 'write' | 'read|write';
 
+/** The direction field's value for `dir` in `encoding`. */
+function dirValue(encoding: IoctlEncoding, dir: IoctlDirection): number {
+  return (dir === 'none' ? encoding.none : 0) | (dir.includes('read') ? encoding.read : 0) | (dir.includes('write') ? encoding.write : 0);
+}
+
 /** _IOC(dir, type, nr, size) in `encoding`. */
 export function ioctlCommand(encoding: IoctlEncoding, dir: IoctlDirection, type: number, nr: number, size: number): number {
-  const d = (dir === 'none' ? encoding.none : 0) | (dir.includes('read') ? encoding.read : 0) | (dir.includes('write') ? encoding.write : 0);
   if (size >= 1 << encoding.sizeBits) throw new RangeError(`ioctl size ${size} does not fit in ${encoding.sizeBits} bits`);
-  return ((d << (SIZE_SHIFT + encoding.sizeBits)) | (size << SIZE_SHIFT) | (type << TYPE_SHIFT) | nr) >>> 0;
-}
-
-interface Decoded {
-  dir: IoctlDirection | undefined;
-  type: number;
-  nr: number;
-  size: number;
-}
-
-function decode(encoding: IoctlEncoding, cmd: number): Decoded {
-  const d = cmd >>> (SIZE_SHIFT + encoding.sizeBits);
-  const size = (cmd >>> SIZE_SHIFT) & ((1 << encoding.sizeBits) - 1);
-  const rw = encoding.read | encoding.write;
-  let dir: IoctlDirection | undefined;
-  if (d === encoding.none) dir = 'none';
-  else if (d === encoding.read) dir = 'read';
-  else if (d === encoding.write) dir = 'write';
-  else if (d === rw) dir = 'read|write';
-  return { dir, type: (cmd >>> TYPE_SHIFT) & 0xff, nr: cmd & ((1 << NR_BITS) - 1), size };
+  return ((dirValue(encoding, dir) << (SIZE_SHIFT + encoding.sizeBits)) | (size << SIZE_SHIFT) | (type << TYPE_SHIFT) | nr) >>> 0;
 }
 
 /** A command the kernel interprets: type, number, direction and the sizes it comes with. */
@@ -95,7 +80,23 @@ export const fileattrCommands: Readonly<Record<string, FileattrCommand>> = {
   FS_IOC_FSSETXATTR: { type: X, nr: 32, dir: 'write', sizes: [FSXATTR_SIZE] },
 };
 
-const COMMANDS: readonly FileattrCommand[] = Object.values(fileattrCommands);
+const COMMANDS: readonly (readonly [string, FileattrCommand])[] = Object.entries(fileattrCommands);
+
+/**
+ * Which fileattr command `cmd` is in `encoding`: its index in COMMANDS, or -1. Reads the fields in
+ * place and builds nothing (IOCTL requests pass through here).
+ */
+function findCommand(encoding: IoctlEncoding, cmd: number): number {
+  const dir = cmd >>> (SIZE_SHIFT + encoding.sizeBits);
+  const size = (cmd >>> SIZE_SHIFT) & ((1 << encoding.sizeBits) - 1);
+  const type = (cmd >>> TYPE_SHIFT) & 0xff;
+  const nr = cmd & ((1 << NR_BITS) - 1);
+  for (let i = 0; i < COMMANDS.length; i++) {
+    const c = COMMANDS[i]![1];
+    if (c.type === type && c.nr === nr && dirValue(encoding, c.dir) === dir && c.sizes.includes(size)) return i;
+  }
+  return -1;
+}
 
 /**
  * The value of a fileattr command's name on `arch` (`longBytes`: the size of `long` there, 8 by
@@ -112,12 +113,10 @@ export function ioctlCommandValue(name: string, arch: Architecture, longBytes = 
 
 /** The fileattr command `cmd` is on `arch` (its 64-bit name; a 4-byte flags command as FS_IOC32_*), or undefined. */
 export function ioctlCommandName(cmd: number, arch: Architecture): string | undefined {
-  const d = decode(arch.ioctl, cmd);
-  for (const [name, c] of Object.entries(fileattrCommands)) {
-    if (c.type !== d.type || c.nr !== d.nr || c.dir !== d.dir || !c.sizes.includes(d.size)) continue;
-    return c.type === f && d.size === 4 ? name.replace('FS_IOC_', 'FS_IOC32_') : name;
-  }
-  return undefined;
+  const i = findCommand(arch.ioctl, cmd);
+  if (i < 0) return undefined;
+  const [name, c] = COMMANDS[i]!;
+  return c.type === f && ((cmd >>> SIZE_SHIFT) & 0xff) === 4 ? name.replace('FS_IOC_', 'FS_IOC32_') : name;
 }
 
 /**
@@ -126,12 +125,8 @@ export function ioctlCommandName(cmd: number, arch: Architecture): string | unde
  */
 export function translateIoctlCommand(cmd: number, from: IoctlEncoding, to: IoctlEncoding): number {
   if (from === to) return cmd;
-  const d = decode(from, cmd);
-  if (d.dir === undefined) return cmd;
-  for (const c of COMMANDS) {
-    if (c.type === d.type && c.nr === d.nr && c.dir === d.dir && c.sizes.includes(d.size)) {
-      return ioctlCommand(to, d.dir, d.type, d.nr, d.size);
-    }
-  }
-  return cmd;
+  const i = findCommand(from, cmd);
+  if (i < 0) return cmd;
+  const size = (cmd >>> SIZE_SHIFT) & ((1 << from.sizeBits) - 1);
+  return ((dirValue(to, COMMANDS[i]![1].dir) << (SIZE_SHIFT + to.sizeBits)) | (size << SIZE_SHIFT) | (cmd & 0xffff)) >>> 0;
 }

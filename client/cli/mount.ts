@@ -83,10 +83,13 @@ interface MountArgs {
   notifyParent: boolean;
 }
 
-function positiveInt(name: string, text: string | undefined): number | undefined {
+/** A numeric option within [min, max] (integer unless said otherwise), or undefined when not given. */
+function numberOption(name: string, text: string | undefined, what: string, min: number, max = Infinity, integer = true): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${name} wants a positive integer, got '${text}'`);
+  if (Number.isNaN(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
+    throw new UsageError(`--${name} ${text}: expected ${what}${max === Infinity ? '' : `, ${min}..${max}`}`);
+  }
   return n;
 }
 
@@ -181,12 +184,12 @@ function parse(commandLine: string[]): MountArgs {
     frontend: values.frontend,
     transport: values.transport,
     archMode,
-    queues: positiveInt('queues', values.queues),
-    queueSize: positiveInt('queue-size', values['queue-size']),
+    queues: numberOption('queues', values.queues, 'a positive integer', 1),
+    queueSize: numberOption('queue-size', values['queue-size'], 'a positive integer', 1),
     allowOther: values['allow-other']!,
     busyPoll: values['busy-poll']!,
-    pollUs: pollMicroseconds(values['poll-us']),
-    requestTimeoutMs: requestTimeout(values['request-timeout']),
+    pollUs: numberOption('poll-us', values['poll-us'], 'microseconds', 0, 1_000_000),
+    requestTimeoutMs: seconds(numberOption('request-timeout', values['request-timeout'], 'seconds', 0.001, 86_400, false)),
     trace: values.trace!,
     foreground: values.foreground!,
     mountFlags: expanded.flags,
@@ -195,19 +198,7 @@ function parse(commandLine: string[]): MountArgs {
   };
 }
 
-function requestTimeout(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const s = Number(text);
-  if (!(s > 0) || s > 86_400) throw new UsageError(`--request-timeout ${text}: expected seconds, more than 0, at most 86400`);
-  return Math.round(s * 1000);
-}
-
-function pollMicroseconds(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new UsageError(`--poll-us ${text}: expected microseconds, 0..1000000`);
-  return n;
-}
+const seconds = (s: number | undefined) => (s === undefined ? undefined : Math.round(s * 1000));
 
 /** Mounts and serves in this process until unmounted; returns the exit status. */
 async function serve(a: MountArgs): Promise<number> {

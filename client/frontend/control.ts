@@ -7,6 +7,7 @@ import { lstatSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { MountError } from './fuse-mount.ts';
 import type { RelayStatus } from './relay.ts';
 
 /** Root's mounts under /run; a user's under their runtime directory (or /tmp). */
@@ -24,12 +25,6 @@ export function logPath(mountpoint: string): string {
   return controlSocketPath(mountpoint).replace(/\.sock$/, '.log');
 }
 
-/** A run directory someone else could write into: its sockets and logs would not be ours. */
-export class RunDirError extends Error {
-  override name = 'RunDirError';
-  readonly code = 'EPERM';
-}
-
 /**
  * Creates RUN_DIR (0755) if missing and checks it: a directory, not a symlink, owned by this user,
  * writable by no one else. A user's falls back to /tmp, where another user could have made it
@@ -39,11 +34,12 @@ export function ensureRunDir(): string {
   mkdirSync(RUN_DIR, { recursive: true, mode: 0o755 });
   const st = lstatSync(RUN_DIR);
   const uid = process.getuid?.() ?? 0;
-  if (!st.isDirectory()) throw new RunDirError(`${RUN_DIR} is not a directory (a symlink?): remove it, or set XDG_RUNTIME_DIR`);
+  if (!st.isDirectory()) throw new MountError(`${RUN_DIR} is not a directory (a symlink?): remove it, or set XDG_RUNTIME_DIR`, 'EPERM');
   if (st.uid !== uid || (st.mode & 0o022) !== 0) {
-    throw new RunDirError(
+    throw new MountError(
       `${RUN_DIR} is ${st.uid !== uid ? `owned by uid ${st.uid}, not ${uid}` : `writable by others (mode ${(st.mode & 0o777).toString(8)})`}: ` +
         'its control socket and log would not be safe; remove it, or set XDG_RUNTIME_DIR',
+      'EPERM',
     );
   }
   return RUN_DIR;

@@ -26,8 +26,9 @@
  * Nothing here allocates; all state is typed arrays and numbers.
  */
 
-/** Groups: log2 of a request's bytes, 0 ... 2^32. */
-const GROUPS = 33;
+/** Groups: log2 of a request's bytes, 0 ... 2^32; then one for the idle gap. */
+const GAP = 33;
+const GROUPS = GAP + 1;
 /** Weight of the newest outcome in a group's rate. */
 const WEIGHT = 1 / 8;
 /** A group at or above this rate is polled for. */
@@ -43,8 +44,6 @@ export class PollAdvisor {
   private readonly slotPolled: Uint8Array;
   /** Requests at the device that are worth polling for. */
   private pollable = 0;
-  private gapRate = 1;
-  private gapSkipped = 0;
   private idleSince = -1;
   private idlePolled = false;
 
@@ -59,15 +58,28 @@ export class PollAdvisor {
     return 32 - Math.clz32(bytes);
   }
 
+  /** Whether to poll for the next wait of group `g`: its rate says so, or it is a probe's turn. */
+  private decide(g: number): boolean {
+    if (this.rate[g]! >= THRESHOLD) return true;
+    if (++this.skipped[g]! < PROBE_EVERY) return false;
+    this.skipped[g] = 0;
+    return true;
+  }
+
+  /**
+   * A wait of group `g` took `us`: within the budget counts for the group whether or not anyone
+   * polled (sleeping only adds); beyond it counts against only if polled for (else the wake-up is in it).
+   */
+  private learn(g: number, us: number, polled: boolean): void {
+    if (us <= this.budgetUs) this.rate[g]! += (1 - this.rate[g]!) * WEIGHT;
+    else if (polled) this.rate[g]! -= this.rate[g]! * WEIGHT;
+  }
+
   /** Slot `s` went to the device carrying a request that moves `bytes`. */
   submitted(s: number, bytes: number): void {
     const g = PollAdvisor.group(bytes);
     this.slotGroup[s] = g;
-    let polled = this.rate[g]! >= THRESHOLD;
-    if (!polled && ++this.skipped[g]! >= PROBE_EVERY) {
-      this.skipped[g] = 0;
-      polled = true;
-    }
+    const polled = this.decide(g);
     this.slotPolled[s] = polled ? 1 : 0;
     if (polled) this.pollable++;
   }
@@ -77,10 +89,7 @@ export class PollAdvisor {
     const polled = this.slotPolled[s] === 1;
     if (polled) this.pollable--;
     this.slotPolled[s] = 0;
-    if (!answered) return;
-    const g = this.slotGroup[s]!;
-    if (deviceUs <= this.budgetUs) this.rate[g]! += (1 - this.rate[g]!) * WEIGHT;
-    else if (polled) this.rate[g]! -= this.rate[g]! * WEIGHT;
+    if (answered) this.learn(this.slotGroup[s]!, deviceUs, polled);
   }
 
   /** Whether to poll for a completion now. */
@@ -91,12 +100,7 @@ export class PollAdvisor {
   /** Nothing is at the device any more (at `now`, ms): the wait for the next request starts. */
   idle(now: number): void {
     this.idleSince = now;
-    let polled = this.gapRate >= THRESHOLD;
-    if (!polled && ++this.gapSkipped >= PROBE_EVERY) {
-      this.gapSkipped = 0;
-      polled = true;
-    }
-    this.idlePolled = polled;
+    this.idlePolled = this.decide(GAP);
   }
 
   /** Whether to poll for the kernel's next request now (only meaningful after `idle`). */
@@ -107,10 +111,8 @@ export class PollAdvisor {
   /** A request arrived (at `now`, ms); if the thread was idle, that ends the gap. */
   arrived(now: number): void {
     if (this.idleSince < 0) return;
-    const gapUs = (now - this.idleSince) * 1000;
+    this.learn(GAP, (now - this.idleSince) * 1000, this.idlePolled);
     this.idleSince = -1;
-    if (gapUs <= this.budgetUs) this.gapRate += (1 - this.gapRate) * WEIGHT;
-    else if (this.idlePolled) this.gapRate -= this.gapRate * WEIGHT;
   }
 
   /** For status and tests: a group's success rate. */
@@ -120,6 +122,6 @@ export class PollAdvisor {
 
   /** For status and tests: the idle gap's success rate. */
   get idleRate(): number {
-    return this.gapRate;
+    return this.rate[GAP]!;
   }
 }

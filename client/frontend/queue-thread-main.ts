@@ -10,4 +10,4 @@ if (!port) throw new Error('queue-thread-main runs as a worker thread');
 const post = (message: QueueThreadMessage) => port.postMessage(message);
 const thread = new QueueThread(workerData as QueueThreadSetup, post);
 const reason = thread.run();
-post({ kind: 'exit', reason, inFlight: thread.requestsInFlight });
+post({ kind: 'exit', reason, inFlight: thread.requestsInFlight, broken: thread.broken });

@@ -99,7 +99,8 @@ export interface QueueThreadSetup {
 export type QueueThreadMessage =
   | { kind: 'log'; line: string }
   | { kind: 'trace'; line: string }
-  | { kind: 'exit'; reason: string; inFlight: number };
+  /** `broken`: why the thread found its queue broken (a corrupt used ring), if it did: the device is. */
+  | { kind: 'exit'; reason: string; inFlight: number; broken?: string };
 
 const TOKEN_SOURCE = 1;
 const TOKEN_CALL = 2;
@@ -153,6 +154,8 @@ export class QueueThread {
   /** Per slot: answered EIO on timeout (1); its chain is still with the device. */
   private readonly abandoned: Uint8Array;
   private abandonedCount = 0;
+  /** How often overdue requests are looked for: a quarter of the timeout, at most every second. */
+  private readonly timeoutCheckMs: number;
   private nextTimeoutCheck = 0;
   /** Whether polling before sleeping pays, learned per request size (poll-advisor.ts). */
   private readonly advisor: PollAdvisor;
@@ -220,6 +223,7 @@ export class QueueThread {
     }
     this.freeCount = count;
     this.advisor = new PollAdvisor(count, setup.pollUs);
+    this.timeoutCheckMs = Math.max(1, Math.min(1000, setup.requestTimeoutMs >> 2));
 
     this.epfd = epollCreate1(EPOLL_CLOEXEC);
     // Edge-triggered eventfds: every signal (each write) is reported once, so they are never read;
@@ -301,21 +305,19 @@ export class QueueThread {
 
   /** How long to sleep: until the next look at overdue requests while any wait on the device. */
   private sleepMs(): number {
-    const timeout = this.setup.requestTimeoutMs;
-    if (timeout <= 0 || this.inFlight === this.abandonedCount) return -1;
-    return Math.max(1, Math.min(1000, timeout >> 2));
+    return this.setup.requestTimeoutMs <= 0 || this.inFlight === this.abandonedCount ? -1 : this.timeoutCheckMs;
   }
 
   /**
    * Answers EIO for every request the device has held longer than requestTimeoutMs (looked at
-   * most four times per timeout). The chain stays the device's: its slot comes back only with the
+   * every timeoutCheckMs). The chain stays the device's: its slot comes back only with the
    * used entry, as Linux's virtio_fs leaves a request's buffers to a device that may still write them.
    */
   private expireOverdue(): void {
     const now = performance.now();
     if (now < this.nextTimeoutCheck) return;
     const timeout = this.setup.requestTimeoutMs;
-    this.nextTimeoutCheck = now + Math.max(1, timeout >> 2);
+    this.nextTimeoutCheck = now + this.timeoutCheckMs;
     for (let s = 0; s < this.atDevice.length; s++) {
       if (this.atDevice[s] === 0 || this.abandoned[s] === 1 || now - this.submitted[s]! < timeout) continue;
       const opcode = this.opcodes[s]!;
@@ -330,11 +332,25 @@ export class QueueThread {
     }
   }
 
-  /** The used entry of a request answered on timeout came: the slot is free again, nothing is written. */
-  private reclaimAbandoned(s: number): void {
+  /**
+   * Slot `s` is back from the device (`answered`: with a used entry, after `deviceUs`). Returns
+   * true when the request had been answered on timeout already: the slot is then free again and
+   * nothing more is to be done with it.
+   */
+  private leftDevice(s: number, deviceUs: number, answered: boolean): boolean {
+    this.inFlight--;
+    this.atDevice[s] = 0;
+    this.advisor.completed(s, deviceUs, answered);
+    if (this.abandoned[s] === 0) return false;
     this.abandoned[s] = 0;
     this.abandonedCount--;
     this.release(s);
+    return true;
+  }
+
+  /** Why the queue is broken (the device wrote a corrupt used ring), or undefined. */
+  get broken(): string | undefined {
+    return this.queue.brokenReason === undefined ? undefined : `${this.queue.name}: ${this.queue.brokenReason}`;
   }
 
   get requestsInFlight(): number {
@@ -496,9 +512,10 @@ export class QueueThread {
     do {
       q.drainUsed(this.onUsed, this.onProblem);
       if (q.brokenReason) {
-        this.post({ kind: 'log', line: `${q.name}: ${q.brokenReason}` });
+        const broken = this.broken!;
+        this.post({ kind: 'log', line: broken });
         this.abort();
-        this.exitReason = `device failed: ${q.name}: ${q.brokenReason}`;
+        this.exitReason = `device failed: ${broken}`;
         return;
       }
     } while (!this.setup.busyPoll && !q.enableCallbacks());
@@ -508,10 +525,7 @@ export class QueueThread {
 
   private readonly onUsed = (s: number, usedLen: number): void => {
     const usedAt = performance.now();
-    this.inFlight--;
-    this.atDevice[s] = 0;
-    this.advisor.completed(s, (usedAt - this.submitted[s]!) * 1000, true);
-    if (this.abandoned[s] === 1) return this.reclaimAbandoned(s);
+    if (this.leftDevice(s, (usedAt - this.submitted[s]!) * 1000, true)) return;
     if (this.setup.role === 'hiprio') return this.finish(s, false);
     const opcode = this.opcodes[s]!;
     const view = this.slotViews[s]!;
@@ -548,11 +562,7 @@ export class QueueThread {
   // the opcode and the field; one without has broken the queue, logged by complete().
   private readonly onProblem = (problem: UsedRingProblem<number>): void => {
     const s = problem.token;
-    if (s === undefined) return;
-    this.inFlight--;
-    this.atDevice[s] = 0;
-    this.advisor.completed(s, 0, false);
-    if (this.abandoned[s] === 1) return this.reclaimAbandoned(s);
+    if (s === undefined || this.leftDevice(s, 0, false)) return;
     if (this.setup.role === 'hiprio') return this.finish(s, true);
     const opcode = this.opcodes[s]!;
     const unique = (BigInt(this.uniqueHigh[s]!) << 32n) | BigInt(this.uniqueLow[s]!);
@@ -605,10 +615,7 @@ export class QueueThread {
   /** The device is gone: every request in flight fails with EIO now, so no application waits on it. */
   private abort(): void {
     this.queue.failAll('device failed', (s) => {
-      this.inFlight--;
-      this.atDevice[s] = 0;
-      this.advisor.completed(s, 0, false);
-      if (this.abandoned[s] === 1) return this.reclaimAbandoned(s);
+      if (this.leftDevice(s, 0, false)) return;
       if (this.setup.role === 'request') this.replyError(s, EIO);
       this.finish(s, true);
     });

@@ -257,6 +257,9 @@ export class FuseRelay {
     else if (m.kind === 'trace') this.options.trace?.(m.line);
     else {
       entry.leftInFlight = m.inFlight;
+      // A thread that found its ring corrupt has found the device broken: the other threads abort,
+      // and no FUSE_DESTROY goes down a ring the device has lost track of.
+      if (m.broken !== undefined) this.device.fail(new TransportError(m.broken, 'EPROTO'));
       this.onThreadExit(entry, m.reason, m.inFlight);
     }
   }
@@ -265,9 +268,6 @@ export class FuseRelay {
     if (entry.exited) return;
     entry.exited = true;
     entry.leftInFlight = inFlight;
-    // A thread that found its queue broken (a corrupt used ring) has found the device broken: the
-    // other threads abort, and no FUSE_DESTROY goes down a ring the device has lost track of.
-    if (reason.startsWith('device failed: ')) this.device.fail(new TransportError(reason.slice('device failed: '.length), 'EPROTO'));
     // One request thread seeing the unmount (or failing) ends the mount for all.
     if (entry.role === 'request') this.teardown(reason === 'unmounted' || reason === 'exited' ? 'unmounted' : reason);
     const requestThreadsLeft = this.workers.some((w) => w.role === 'request' && !w.exited);

@@ -52,10 +52,9 @@ const replyIoctlResult = abi.fuse_ioctl_out.offsetOf('result');
 export class WireTranslation {
   /** Nothing to do: client and wire share every encoding. */
   readonly identity: boolean;
-  private readonly openOut: Translator;
-  private readonly lockOut: Translator;
+  /** Client -> wire, by the kind of request field. */
+  private readonly out: Readonly<Record<Kind, Translator>>;
   private readonly lockIn: Translator;
-  private readonly ioctlOut: Translator;
   private readonly errnoIn: Translator;
   private readonly onDrop: (d: Dropped) => void;
 
@@ -64,12 +63,10 @@ export class WireTranslation {
     readonly wire: Architecture,
     log: (line: string) => void,
   ) {
-    this.openOut = translator('open', client, wire);
-    this.lockOut = translator('lock', client, wire);
+    this.out = { open: translator('open', client, wire), lock: translator('lock', client, wire), ioctl: translator('ioctl', client, wire) };
     this.lockIn = translator('lock', wire, client);
-    this.ioctlOut = translator('ioctl', client, wire);
     this.errnoIn = translator('errno', wire, client);
-    this.identity = this.openOut.identity && this.lockOut.identity && this.ioctlOut.identity && this.errnoIn.identity;
+    this.identity = this.out.open.identity && this.out.lock.identity && this.out.ioctl.identity && this.errnoIn.identity;
     this.onDrop = (d) => log(`arch ${client.name}->${wire.name}: ${d.kind} ${d.name} (${d.value}) not carried: ${d.reason}`);
   }
 
@@ -89,8 +86,7 @@ export class WireTranslation {
     if (!list) return;
     for (const f of list) {
       const at = argAt + f.offset;
-      const t = f.kind === 'open' ? this.openOut : f.kind === 'lock' ? this.lockOut : this.ioctlOut;
-      view.setUint32(at, t.translate(view.getUint32(at, true), this.onDrop), true);
+      view.setUint32(at, this.out[f.kind].translate(view.getUint32(at, true), this.onDrop), true);
     }
   }
 

@@ -14,6 +14,14 @@ import { requireRoot } from '../helpers/virtiofsd.ts';
 const run = promisify(execFile);
 const cli = (...args: string[]) => spawnSync(process.execPath, ['bin/virtiofs-client.js', ...args], { encoding: 'utf8' });
 
+/** What a user needs to mount: the device socket, a mountpoint of their own (nobody's). */
+function openToNobody(d: Virtiofsd, work: string): void {
+  chmodSync(work, 0o755);
+  chmodSync(dirname(d.socketPath), 0o755);
+  chmodSync(d.socketPath, 0o777);
+  chownSync(join(work, 'mnt'), 65534, 65534);
+}
+
 const AS_NOBODY = ['--reuid', 'nobody', '--regid', 'nogroup', '--clear-groups'];
 
 /** The CLI as user nobody (no runtime directory: a user's run directory falls back to /tmp), with `env` added. */
@@ -110,10 +118,7 @@ test.serial('a transport string with a comma, spaces and = cannot inject mount o
   if (!requireRoot(t)) return;
   await withDaemon(async (d, work) => {
     const mnt = join(work, 'mnt');
-    chmodSync(work, 0o755);
-    chmodSync(dirname(d.socketPath), 0o755);
-    chmodSync(d.socketPath, 0o777);
-    chownSync(mnt, 65534, 65534);
+    openToNobody(d, work);
     // A path a user may well have, and that reads as a second option if passed on unescaped.
     const link = join(work, 'dev x=y,ro');
     symlinkSync(d.socketPath, link);
@@ -167,11 +172,7 @@ test.serial('an unprivileged user mounts through fusermount3, uses the mount, an
   if (!requireRoot(t)) return;
   await withDaemon(async (d, work) => {
     const mnt = join(work, 'mnt');
-    // What a user needs: the device socket, a mountpoint of their own.
-    chmodSync(work, 0o755);
-    chmodSync(dirname(d.socketPath), 0o755);
-    chmodSync(d.socketPath, 0o777);
-    chownSync(mnt, 65534, 65534);
+    openToNobody(d, work);
     // Without udev (as here) /dev/fuse is root-only; Debian's udev makes it 0666. Say so first.
     const fuseMode = statSync('/dev/fuse').mode & 0o777;
     if (fuseMode !== 0o666) {

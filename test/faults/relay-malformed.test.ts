@@ -59,14 +59,32 @@ async function stillWorks(t: ExecutionContext, mnt: string, fake: FakeVirtioFs, 
   t.deepEqual(fake.violations, []);
 }
 
+interface FakeMount {
+  mnt: string;
+  fake: FakeVirtioFs;
+  relay: FuseRelay;
+  /** Every line the relay logged. */
+  logs: string[];
+}
+
+/** The relay mounted over a fresh fault-injecting device (request timeout `timeoutMs`), unmounted after `fn`. */
+async function withFakeMount(timeoutMs: number | undefined, fn: (m: FakeMount) => Promise<void>): Promise<void> {
+  const mnt = mkdtempSync(join(tmpdir(), 'vfs-relay-fault-'));
+  const fake = new FakeVirtioFs();
+  const logs: string[] = [];
+  const relay = await FuseRelay.mount({ transport: fake, mountpoint: mnt, ...(timeoutMs ? { timeoutMs } : {}), log: (line) => logs.push(line) });
+  try {
+    await fn({ mnt, fake, relay, logs });
+  } finally {
+    await relay.unmount();
+    rmSync(mnt, { recursive: true, force: true });
+  }
+}
+
 for (const c of MALFORMED_CASES) {
   test(`through a mount: ${c.title}`, async (t) => {
     if (!requireRoot(t)) return;
-    const mnt = mkdtempSync(join(tmpdir(), 'vfs-relay-fault-'));
-    const fake = new FakeVirtioFs();
-    const logs: string[] = [];
-    const relay = await FuseRelay.mount({ transport: fake, mountpoint: mnt, log: (line) => logs.push(line) });
-    try {
+    await withFakeMount(undefined, async ({ mnt, fake, relay, logs }) => {
       fake.faultNext(c.op, c.fault);
       const bad = await provoke(mnt, c.op);
       t.not(bad.status, 0, `${c.op} with a malformed reply must fail`);
@@ -75,21 +93,14 @@ for (const c of MALFORMED_CASES) {
       t.is(lines.length, 1, `one log line names ${c.op} and ${c.field}; got:\n${logs.join('\n')}`);
       t.log(lines[0]);
       await stillWorks(t, mnt, fake, relay);
-    } finally {
-      await relay.unmount();
-      rmSync(mnt, { recursive: true, force: true });
-    }
+    });
   });
 }
 
 test('through a mount: a reply that never comes gives the application EIO after the request timeout, one log line; the slot comes back when the device answers late', async (t) => {
   if (!requireRoot(t)) return;
-  const mnt = mkdtempSync(join(tmpdir(), 'vfs-relay-timeout-'));
-  const fake = new FakeVirtioFs();
-  const logs: string[] = [];
   const timeoutMs = 500;
-  const relay = await FuseRelay.mount({ transport: fake, mountpoint: mnt, timeoutMs, log: (line) => logs.push(line) });
-  try {
+  await withFakeMount(timeoutMs, async ({ mnt, fake, relay, logs }) => {
     // The same call answered, for what this machine takes now (spawning dd is most of it).
     let started = performance.now();
     t.is((await provoke(mnt, 'READ')).status, 0);
@@ -110,36 +121,24 @@ test('through a mount: a reply that never comes gives the application EIO after 
     t.is(fake.answerHeld(), 1);
     await until(() => relay.status().inFlight === 0, 2000, 'the late answer frees the slot');
     await stillWorks(t, mnt, fake, relay);
-  } finally {
-    await relay.unmount();
-    rmSync(mnt, { recursive: true, force: true });
-  }
+  });
 });
 
 test('through a mount: unmounting does not wait for a request the device never answered', async (t) => {
   if (!requireRoot(t)) return;
-  const mnt = mkdtempSync(join(tmpdir(), 'vfs-relay-timeout-'));
-  const fake = new FakeVirtioFs();
-  const relay = await FuseRelay.mount({ transport: fake, mountpoint: mnt, timeoutMs: 300, log: () => {} });
-  try {
+  await withFakeMount(300, async ({ mnt, fake, relay }) => {
     fake.faultNext('READ', () => 'hold');
     t.not((await provoke(mnt, 'READ')).status, 0);
-  } finally {
     const started = performance.now();
     await relay.unmount();
     const took = performance.now() - started;
     t.true(took < 2000, `unmounted in ${Math.round(took)} ms with a timed-out request still at the device`);
-    rmSync(mnt, { recursive: true, force: true });
-  }
+  });
 });
 
 test('through a mount: a used entry naming a chain never given breaks the device: EIO, the mount goes, no FUSE_DESTROY down the broken ring', async (t) => {
   if (!requireRoot(t)) return;
-  const mnt = mkdtempSync(join(tmpdir(), 'vfs-relay-badid-'));
-  const fake = new FakeVirtioFs();
-  const logs: string[] = [];
-  const relay = await FuseRelay.mount({ transport: fake, mountpoint: mnt, timeoutMs: 2000, log: (line) => logs.push(line) });
-  try {
+  await withFakeMount(2000, async ({ mnt, fake, relay, logs }) => {
     fake.faultNext('READ', (_request, reply) => {
       reply.usedId = 0xffff_ffff;
     });
@@ -152,8 +151,5 @@ test('through a mount: a used entry naming a chain never given breaks the device
     t.true(performance.now() - started < 1000, 'torn down at once, not after a DESTROY timeout');
     t.deepEqual(fake.requests.filter((r) => r.name === 'DESTROY'), [], 'no DESTROY sent');
     t.true(logs.some((l) => /corrupt used ring/.test(l)), logs.join('\n'));
-  } finally {
-    await relay.unmount();
-    rmSync(mnt, { recursive: true, force: true });
-  }
+  });
 });
