@@ -72,10 +72,12 @@ export async function mountPassthroughLl(
   mountpoint: string,
   options: string[],
   env?: NodeJS.ProcessEnv,
+  /** Command-line flags besides -f, e.g. ['-s'] (libfuse's single-threaded loop). */
+  flags: string[] = [],
 ): Promise<PassthroughLl> {
   const child = cleanup.spawnChecked(
     binary,
-    ['-f', '-o', `source=${source}`, ...options.flatMap((o) => ['-o', o]), mountpoint],
+    ['-f', ...flags, '-o', `source=${source}`, ...options.flatMap((o) => ['-o', o]), mountpoint],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
