@@ -64,6 +64,8 @@ export interface ConnectOptions extends SessionOptions, DeviceOptions {
 export const ROOT = FUSE_ROOT_ID;
 
 export class VirtioFsClient {
+  private closing = false;
+
   private constructor(readonly session: FuseSession) {}
 
   /** Opens the transport, sets up the queues, and negotiates FUSE_INIT. */
@@ -72,7 +74,14 @@ export class VirtioFsClient {
     let device: VirtioFsDevice | undefined;
     try {
       device = VirtioFsDevice.open(transport, options);
-      return new VirtioFsClient(await FuseSession.open(device, options));
+      const client = new VirtioFsClient(await FuseSession.open(device, options));
+      // Said once, here (the relay and the reference device say it their own way): each request
+      // that fails because of it carries only its code.
+      const log = options.log ?? ((line: string) => console.error(`virtiofs-client: ${line}`));
+      device.onFailure((error) => {
+        if (!client.closing) log(`device failed: ${error.message}; every request now fails with ${(error as { code?: string }).code ?? 'EIO'}`);
+      });
+      return client;
     } catch (e) {
       if (device) device.close();
       else transport.close();
@@ -86,6 +95,7 @@ export class VirtioFsClient {
   }
 
   close(): Promise<void> {
+    this.closing = true;
     return this.session.close();
   }
 

@@ -72,6 +72,12 @@ export interface VirtioTransport {
   start(): void;
   /** Called once if the device goes away or reports an error; the transport is dead after it. */
   onFailure(callback: (error: Error) => void): void;
+  /**
+   * Called when the device says its configuration changed (a PCI configuration-change interrupt
+   * or a new config_generation), with the configuration read again and the one before it.
+   * Transports that cannot hear of changes leave it out.
+   */
+  onConfigChange?(callback: (now: VirtioFsConfig, before: VirtioFsConfig | undefined) => void): void;
   /** Releases the connection, the memory and every fd. Idempotent. */
   close(): void;
 }

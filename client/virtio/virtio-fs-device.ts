@@ -8,7 +8,7 @@
  */
 import { describeRegion, type DmaRegion, type SharedRegionInfo } from '../../ffi/dma.ts';
 import { signalEventFd } from '../../ffi/libc.ts';
-import type { QueueSignals, VirtioTransport } from '../transport/transport.ts';
+import type { QueueSignals, VirtioFsConfig, VirtioTransport } from '../transport/transport.ts';
 import { TransportError } from '../transport/transport.ts';
 import { BufferPool } from './buffer-pool.ts';
 import {
@@ -183,6 +183,7 @@ export class VirtioFsDevice {
     const memory = transport.allocateMemory(ringsBytes + maxInFlight * (chunk ? CHUNKED_SLOT : LARGE_SLOT));
     const device = new VirtioFsDevice(transport, memory, features, queueSize, requestQueues, maxInFlight, options.busyPoll ?? false, options.log, options.pollUs ?? DEFAULT_POLL_US);
     transport.onFailure((error) => device.fail(error));
+    transport.onConfigChange?.((now, before) => device.configChanged(now, before));
     for (const [i, q] of device.queues.entries()) {
       transport.setupQueue(i, { size: q.size, desc: q.descTableAddress, avail: q.availRingAddress, used: q.usedRingAddress }, () =>
         device.drain(i),
@@ -332,6 +333,24 @@ export class VirtioFsDevice {
     if (!p || p.abandoned) return;
     p.abandoned = true;
     p.reject(error);
+  }
+
+  /**
+   * The device changed its configuration while running. virtio-fs gives a running driver nothing
+   * to act on (the tag named the mount, the request queues were set up at start, as Linux's
+   * virtio_fs also keeps them), so it is said, field by field, and otherwise ignored.
+   */
+  configChanged(now: VirtioFsConfig, before: VirtioFsConfig | undefined): void {
+    const changes: string[] = [];
+    if (before && now.tag !== before.tag) changes.push(`virtio_fs_config.tag '${before.tag}' -> '${now.tag}'`);
+    if (before && now.numRequestQueues !== before.numRequestQueues) {
+      changes.push(`virtio_fs_config.num_request_queues ${before.numRequestQueues} -> ${now.numRequestQueues}`);
+    }
+    this.log(
+      changes.length > 0
+        ? `device configuration changed: ${changes.join(', ')}; ignored (the tag and the ${this.requestQueueCount} request queue(s) in use stay as set up)`
+        : 'device configuration changed (new config_generation), no field differs; nothing to do',
+    );
   }
 
   /** Runs `callback` once when the device fails (immediately if it already has). */

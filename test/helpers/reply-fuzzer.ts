@@ -4,7 +4,10 @@
  * sees it. Two targets, each through the one request engine:
  * - mount: the relay on a real /dev/fuse mount, an application (a Python process) making system
  *   calls on it: stat, O_DIRECT reads, directory listings, statvfs, access;
- * - api: the client API (VirtioFsClient) from this process: getattr, lookup, read, readdirplus, statfs.
+ * - api: the client API (VirtioFsClient) from this process: getattr, lookup, read, readdirplus, statfs;
+ * - pci: the same calls through the real virtio-pci transport, the device a PCI function of this
+ *   process (fake-pci-function.ts) taking MSI-X, the legacy interrupt and polling in turn, which
+ *   besides mutating replies sets DEVICE_NEEDS_RESET and changes its configuration.
  *
  * What is counted: replies answered, replies mutated (by kind), mutated replies the client named in
  * a log line (each line must name the opcode, a field and a mutated request's unique: a line about
@@ -23,8 +26,12 @@ import { ROOT, VirtioFsClient } from '../../client/client.ts';
 import { unmount as unmountPath } from '../../client/frontend/fuse-mount.ts';
 import { FuseRelay } from '../../client/frontend/relay.ts';
 import { Opcode, opcodeName } from '../../client/protocol/index.ts';
+import type { InterruptMode } from '../../client/transport/pci/pci-function.ts';
+import { VirtioPciTransport } from '../../client/transport/pci/virtio-pci.ts';
+import type { VirtioTransport } from '../../client/transport/transport.ts';
+import { FakePciFunction } from './fake-pci-function.ts';
 import { FILE_SIZE, FakeVirtioFs, HELLO, SUB, type FaultAction, type FakeReply, type FakeRequest } from './fake-virtio-fs.ts';
-import { Rng, describeMutation, mutate, uncacheable, type Mutation } from './reply-mutator.ts';
+import { Rng, describeMutation, mutate, uncacheable, type DeviceEvent, type Mutation } from './reply-mutator.ts';
 
 export interface FuzzOptions {
   seed: number;
@@ -40,7 +47,7 @@ export interface FuzzOptions {
 }
 
 export interface FuzzReport {
-  target: 'mount' | 'api';
+  target: 'mount' | 'api' | 'pci';
   seed: number;
   seconds: number;
   answered: number;
@@ -58,6 +65,9 @@ export interface FuzzReport {
   namedTwice: string[];
   calls: number;
   callErrors: Map<string, number>;
+  /** pci: configuration changes made, and the client's lines about them (fewer when changes come faster than it looks). */
+  configChanges: number;
+  configLines: number;
   hangs: string[];
   crashes: string[];
   deviceFailures: number;
@@ -91,13 +101,18 @@ class Ledger {
   answered = 0;
   mutated = 0;
   deviceFailures = 0;
+  configChanges = 0;
+  configLines = 0;
   generation = 0;
   active = true;
+  /** pci: makes the device do what a mutation asks besides (or instead of) its reply. */
+  onEvent: ((event: DeviceEvent) => void) | undefined;
 
   constructor(
     private readonly rng: Rng,
     private readonly target: number,
     private readonly rate: number,
+    private readonly pci: boolean,
   ) {}
 
   get done(): boolean {
@@ -111,7 +126,7 @@ class Ledger {
     this.answered++;
     if (!this.active || this.done || this.rng.next() >= this.rate) return;
     for (let tries = 0; tries < 4; tries++) {
-      const m = mutate(this.rng, request, reply);
+      const m = mutate(this.rng, request, reply, this.pci);
       if (!m) continue;
       this.mutated++;
       const key = `${this.generation}:${m.unique}`;
@@ -121,6 +136,8 @@ class Ledger {
       k.mutated++;
       this.byKind.set(m.kind, k);
       if (m.expect === 'fatal') this.deviceFailures++;
+      if (m.event === 'config-change') this.configChanges++;
+      if (m.event) this.onEvent?.(m.event);
       return m.hold ? 'hold' : m.die ? 'die' : undefined;
     }
   };
@@ -139,6 +156,7 @@ class Ledger {
 
   /** A client log line: which mutated reply it names, if any. */
   note(line: string, generation: number): void {
+    if (line.includes('configuration changed')) this.configLines++;
     if (!/malformed reply|not translatable|no reply/.test(line)) return;
     const unique = (UNIQUE_IN_LINE.exec(line) ?? UNIQUE_LEADING.exec(line))?.[1];
     const key = unique === undefined ? undefined : `${generation}:${unique}`;
@@ -192,6 +210,8 @@ class Ledger {
       falseAlarms: this.falseAlarms,
       namedTwice,
       deviceFailures: this.deviceFailures,
+      configChanges: this.configChanges,
+      configLines: this.configLines,
       rssAfter: process.memoryUsage().rss,
       fdsAfter: fds(),
       ...rest,
@@ -214,11 +234,14 @@ class Run {
   private readonly rssBefore = process.memoryUsage().rss;
   private readonly fdsBefore = fds();
 
-  constructor(readonly options: FuzzOptions) {
+  constructor(
+    readonly options: FuzzOptions,
+    pci = false,
+  ) {
     this.hangMs = options.hangMs ?? 10_000;
     this.requestTimeoutMs = options.requestTimeoutMs ?? Math.max(100, this.hangMs / 5);
     this.rng = new Rng(options.seed);
-    this.ledger = new Ledger(this.rng, options.replies, options.rate ?? 0.5);
+    this.ledger = new Ledger(this.rng, options.replies, options.rate ?? 0.5, pci);
   }
 
   /** One application call ended with `result` ('ok' or an error name). */
@@ -401,9 +424,15 @@ export async function fuzzMount(options: FuzzOptions): Promise<FuzzReport> {
 
 // ---- the client API target -------------------------------------------------------------
 
-/** The fuzzer through the client API: calls from this process, each awaited with a deadline. */
-export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
-  const run = new Run(options);
+/** Interrupt modes the pci target takes in turn, one per device generation. */
+const PCI_MODES: InterruptMode[] = ['msix', 'intx', 'polling'];
+
+/**
+ * The fuzzer through the client API: calls from this process, each awaited with a deadline.
+ * `pci`: the device is a PCI function driven by the real virtio-pci transport (target 'pci').
+ */
+export async function fuzzApi(options: FuzzOptions, pci = false): Promise<FuzzReport> {
+  const run = new Run(options, pci);
   const { hangMs, rng, ledger, hangs } = run;
 
   let fake: FakeVirtioFs;
@@ -412,7 +441,13 @@ export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
     ledger.generation++;
     const generation = ledger.generation;
     fake = new FakeVirtioFs({ fault: ledger.hook, onComplete: ledger.completed });
-    client = await VirtioFsClient.connect({ transport: fake, log: (line) => ledger.note(line, generation), timeoutMs: run.requestTimeoutMs });
+    let transport: VirtioTransport = fake;
+    if (pci) {
+      const fn = new FakePciFunction(fake, { interrupts: PCI_MODES[generation % PCI_MODES.length] });
+      ledger.onEvent = (event) => (event === 'needs-reset' ? fn.needsReset() : fn.changeConfig({ numRequestQueues: rng.int(1, 8), tag: `tag-${rng.int(0, 999)}` }));
+      transport = new VirtioPciTransport(fn);
+    }
+    client = await VirtioFsClient.connect({ transport, log: (line) => ledger.note(line, generation), timeoutMs: run.requestTimeoutMs });
   };
   await connect();
   const ops: [string, () => Promise<unknown>][] = [
@@ -450,7 +485,7 @@ export async function fuzzApi(options: FuzzOptions): Promise<FuzzReport> {
   } finally {
     await client!.close().catch(() => undefined);
   }
-  return run.report('api');
+  return run.report(pci ? 'pci' : 'api');
 }
 
 /** Whether `promise` settled within `ms` (a timer keeps the process alive meanwhile). */
@@ -481,6 +516,7 @@ export function formatReport(r: FuzzReport): string {
   const mib = (n: number) => (n / 2 ** 20).toFixed(1);
   return [
     `${r.target}: seed ${r.seed}, ${r.seconds.toFixed(1)} s: ${r.answered} replies answered, ${r.mutated} mutated, ${r.named} named in a log line`,
+    ...(r.target === 'pci' ? [`  configuration changes ${r.configChanges}, lines about them ${r.configLines}`] : []),
     `  calls ${r.calls} (errors: ${errors}); hangs ${r.hangs.length}; crashes ${r.crashes.length}; device failures ${r.deviceFailures}; remounts ${r.remounts}`,
     `  missed ${r.missed.length}; false alarms ${r.falseAlarms.length}; named twice ${r.namedTwice.length}; overtaken by a remount ${r.undelivered}`,
     `  RSS ${mib(r.rssBefore)} -> ${mib(r.rssAfter)} MiB; open descriptors ${r.fdsBefore} -> ${r.fdsAfter}`,

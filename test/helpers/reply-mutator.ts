@@ -47,7 +47,12 @@ export interface Mutation {
   readonly hold: boolean;
   /** The device goes away on this request (the fault hook kills it: a backend hanging up). */
   readonly die: boolean;
+  /** A PCI device event instead of (needs-reset) or beside (config-change) this reply. */
+  readonly event: DeviceEvent | undefined;
 }
+
+/** What only a PCI function can do: set DEVICE_NEEDS_RESET, change its configuration. */
+export type DeviceEvent = 'needs-reset' | 'config-change';
 
 const HEADER = fuse_out_header.size;
 const LEN_AT = fuse_out_header.offsetOf('len');
@@ -113,6 +118,7 @@ interface Context {
   ok: boolean;
   hold: boolean;
   die: boolean;
+  event: DeviceEvent | undefined;
 }
 
 const setLen = (c: Context, len: number) => view(c.reply.bytes).setUint32(LEN_AT, len >>> 0, true);
@@ -174,23 +180,30 @@ const KINDS: Readonly<Record<string, Mutate>> = {
   'used id never issued': (c) => ((c.reply.usedId = c.rng.pick([c.rng.int(1 << 16, 0x7fffffff), 0xffffffff])), 'fatal'),
   'never answered': (c) => ((c.hold = true), 'must'),
   'device gone mid-stream': (c) => ((c.die = true), 'fatal'),
+  // PCI only (mutate's `pci`): the request is never answered; DEVICE_NEEDS_RESET fails it and the rest.
+  'device needs reset': (c) => ((c.hold = true), (c.event = 'needs-reset'), 'fatal'),
+  // PCI only: the reply goes out as it was; the configuration changes beside it.
+  'config change': (c) => ((c.event = 'config-change'), 'may'),
 };
 
 export const MUTATION_KINDS = Object.keys(KINDS);
+const PCI_KINDS = ['device needs reset', 'config change'];
 
 /** The kinds that make the device broken: the fuzzer runs them rarely (each costs a remount). */
 const FATAL_SHARE = 0.002;
 /** Requests never answered: each holds a slot for good (the client answers EIO on timeout), so rarely. */
 const HOLD_SHARE = 0.005;
+/** Configuration changes (PCI only): each is said in a line, so not too many. */
+const CONFIG_SHARE = 0.01;
 const DIRENT_KINDS = ['dirent namelen', 'dirent off'];
-const RARE_KINDS = ['used id never issued', 'never answered', 'device gone mid-stream'];
-const ORDINARY_KINDS = MUTATION_KINDS.filter((k) => !RARE_KINDS.includes(k));
+const RARE_KINDS = ['used id never issued', 'never answered', 'device gone mid-stream', 'device needs reset'];
+const ORDINARY_KINDS = MUTATION_KINDS.filter((k) => !RARE_KINDS.includes(k) && !PCI_KINDS.includes(k));
 
 /**
  * Mutates `reply` (to `request`) in place with a kind drawn from `rng`, or returns undefined when
  * the drawn kind does not apply to this reply (the caller may draw again).
  */
-export function mutate(rng: Rng, request: FakeRequest, reply: FakeReply): Mutation | undefined {
+export function mutate(rng: Rng, request: FakeRequest, reply: FakeReply, pci = false): Mutation | undefined {
   const bytes = reply.bytes;
   const ok = bytes.length >= HEADER && view(bytes).getInt32(ERROR_AT, true) === 0;
   // Directory streams are a small share of the replies: a third of them get a record mutated.
@@ -199,12 +212,14 @@ export function mutate(rng: Rng, request: FakeRequest, reply: FakeReply): Mutati
   const kinds = stream
     ? DIRENT_KINDS
     : draw < FATAL_SHARE
-      ? ['used id never issued', 'device gone mid-stream']
+      ? ['used id never issued', 'device gone mid-stream', ...(pci ? ['device needs reset'] : [])]
       : draw < FATAL_SHARE + HOLD_SHARE
         ? ['never answered']
-        : ORDINARY_KINDS;
+        : pci && draw < FATAL_SHARE + HOLD_SHARE + CONFIG_SHARE
+          ? ['config change']
+          : ORDINARY_KINDS;
   const kind = rng.pick(kinds);
-  const c: Context = { rng, request, reply, bytes, bodyLen: Math.max(0, bytes.length - HEADER), ok, hold: false, die: false };
+  const c: Context = { rng, request, reply, bytes, bodyLen: Math.max(0, bytes.length - HEADER), ok, hold: false, die: false, event: undefined };
   const expect = KINDS[kind]!(c);
   if (expect === undefined) return undefined;
   return {
@@ -218,6 +233,7 @@ export function mutate(rng: Rng, request: FakeRequest, reply: FakeReply): Mutati
     usedId: reply.usedId,
     hold: c.hold,
     die: c.die,
+    event: c.event,
   };
 }
 
@@ -227,6 +243,6 @@ const SHOWN = 96;
 /** A mutation in one line: to reproduce it, the seed and these bytes. */
 export function describeMutation(m: Mutation): string {
   const hex = Buffer.from(m.head).toString('hex');
-  if (m.hold || m.die) return `${opcodeName(m.opcode)} unique ${m.unique}: ${m.kind}`;
+  if (m.hold || m.die || m.event) return `${opcodeName(m.opcode)} unique ${m.unique}: ${m.kind}`;
   return `${opcodeName(m.opcode)} unique ${m.unique}: ${m.kind} (${m.expect}); used len ${m.usedLen ?? 'as written'}${m.usedId !== undefined ? `, used id ${m.usedId}` : ''}; reply ${m.length} bytes: ${hex}${m.length > SHOWN ? '...' : ''}`;
 }

@@ -60,6 +60,10 @@ export class VirtioPciTransport implements VirtioTransport {
   private pollTimer: NodeJS.Timeout | undefined;
   private healthTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The configuration last read and the generation it was read at (virtio 1.2 4.1.4.3.1). */
+  private lastConfig: VirtioFsConfig | undefined;
+  private lastGeneration: number | undefined;
+  private readonly configListeners: ((now: VirtioFsConfig, before: VirtioFsConfig | undefined) => void)[] = [];
 
   constructor(private readonly fn: PciFunction) {
     this.description = `${fn.description}:${fn.address}`;
@@ -109,7 +113,8 @@ export class VirtioPciTransport implements VirtioTransport {
       const end = tag.indexOf(0);
       const numRequestQueues = mmio.read32(at + virtioFsConfig.offsetOf('num_request_queues'));
       if (this.readCommon('config_generation') === before) {
-        return { tag: Buffer.from(tag.slice(0, end < 0 ? 36 : end)).toString('utf8'), numRequestQueues };
+        this.lastGeneration = before;
+        return (this.lastConfig = { tag: Buffer.from(tag.slice(0, end < 0 ? 36 : end)).toString('utf8'), numRequestQueues });
       }
     }
   }
@@ -150,10 +155,10 @@ export class VirtioPciTransport implements VirtioTransport {
 
   start(): void {
     this.setStatus(Status.DRIVER_OK);
-    if (this.interrupts === 'polling') {
-      this.pollTimer = setInterval(() => this.serviceAll(), 1);
-      this.pollTimer.unref();
-    }
+    // Without interrupts this timer is how completions arrive: like a connection's watched socket, it
+    // keeps the event loop alive while the transport is open (an unref'd one let a process waiting
+    // only on a reply exit).
+    if (this.interrupts === 'polling') this.pollTimer = setInterval(() => this.serviceAll(), 1);
     // A device reports trouble through its status; look now and then.
     this.healthTimer = setInterval(() => this.checkHealth(), 500);
     this.healthTimer.unref();
@@ -194,6 +199,10 @@ export class VirtioPciTransport implements VirtioTransport {
 
   onFailure(callback: (error: Error) => void): void {
     this.latch.onFailure(callback);
+  }
+
+  onConfigChange(callback: (now: VirtioFsConfig, before: VirtioFsConfig | undefined) => void): void {
+    this.configListeners.push(callback);
   }
 
   close(): void {
@@ -241,6 +250,11 @@ export class VirtioPciTransport implements VirtioTransport {
     for (const cb of this.onUsed.values()) cb();
   }
 
+  /**
+   * What a configuration-change interrupt (and the periodic look) asks: is the device still well
+   * (DEVICE_NEEDS_RESET is announced this way, virtio 1.2 2.1.2), and did its configuration move
+   * on to a new generation.
+   */
   private checkHealth(): void {
     if (this.latch.failure || this.closed) return;
     const s = this.status();
@@ -248,6 +262,12 @@ export class VirtioPciTransport implements VirtioTransport {
       const what = s === 0xff ? 'device vanished (status reads 0xff)' : s & Status.FAILED ? 'device status FAILED' : 'device needs reset (DEVICE_NEEDS_RESET)';
       clearInterval(this.pollTimer);
       this.latch.fail(new TransportError(`${this.description}: ${what}`, s === 0xff ? 'ENODEV' : 'EIO'));
+      return;
+    }
+    if (this.lastGeneration !== undefined && this.readCommon('config_generation') !== this.lastGeneration) {
+      const before = this.lastConfig;
+      const now = this.readConfig();
+      for (const callback of this.configListeners) callback(now, before);
     }
   }
 
