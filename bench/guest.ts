@@ -1,0 +1,123 @@
+// The guest kernel's own virtio_fs driver and this client, side by side in one QEMU guest boot, over
+// the same virtio-fs PCI function (QEMU's vhost-user-fs-pci, QEMU 7.2's virtiofsd on the host): the
+// kernel first (the function bound to virtio_pci), then the client over VFIO in no-IOMMU mode (or
+// UIO), the same workloads on the same files. Prints each figure and client/kernel.
+// Under TCG (no usable KVM here) absolute figures mean little: the ratio, from one boot, is the
+// figure. Never a timed test.
+// Run: npm run bench:guest [-- --seconds 5 --transport vfio|uio|both]
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { GUEST_SH, runInGuest } from '../test/helpers/vm.ts';
+
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '5' }, transport: { type: 'string', default: 'vfio' } } });
+const seconds = Number(values.seconds);
+const transports = values.transport === 'both' ? ['vfio', 'uio'] : [values.transport!];
+if (!(seconds > 0) || transports.some((t) => t !== 'vfio' && t !== 'uio')) throw new Error('usage: bench:guest [-- --seconds N --transport vfio|uio|both]');
+
+/** Sequential files: 64 MiB (guest memory is 1 GiB, and TCG is slow). The random-read file is laid out on the host. */
+const SEQ_MIB = 64;
+const RAND_MIB = 128;
+/** create + fstat + unlink rounds. */
+const META_ROUNDS = 500;
+
+const WORKLOADS = [
+  { key: 'seqwrite', title: '1 MiB sequential write (fsync at end)' },
+  { key: 'seqread', title: '1 MiB sequential read (cold)' },
+  { key: 'randread', title: '4 KiB random read, 1 job (cold)' },
+  { key: 'meta', title: 'create + stat + unlink' },
+] as const;
+
+const PY_FIO = `import json,sys; j=json.load(sys.stdin)["jobs"][0]; d=j[sys.argv[1]]; print(int(d["bw_bytes"]), int(d["iops"]))`;
+const PY_META = `
+import os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+t0 = time.perf_counter()
+for i in range(n):
+    p = os.path.join(d, f"m{i}")
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+    os.fstat(fd); os.close(fd); os.stat(p); os.unlink(p)
+print(0, round(n / (time.perf_counter() - t0)))`;
+
+const fio = (dir: string, rw: string, bs: string, extra: string) =>
+  `fio --name=g --filename=${dir} --rw=${rw} --bs=${bs} --ioengine=psync --output-format=json ${extra} 2>/dev/null | python3 -c '${PY_FIO}' ${rw.includes('write') ? 'write' : 'read'}`;
+
+/** The workloads on `dir`, each printing `RESULT <who> <key> <bytes/s> <ops/s>`. */
+const workloads = (who: string, dir: string) => `
+  vm_step ${who}-seqwrite 200
+  echo "RESULT ${who} seqwrite $(${fio(`${dir}/seq-${who}.dat`, 'write', '1M', `--size=${SEQ_MIB}M --end_fsync=1`)})"
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  vm_step ${who}-seqread 200
+  echo "RESULT ${who} seqread $(${fio(`${dir}/seq-${who}.dat`, 'read', '1M', `--size=${SEQ_MIB}M --invalidate=1`)})"
+  rm -f ${dir}/seq-${who}.dat
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  vm_step ${who}-randread 200
+  echo "RESULT ${who} randread $(${fio(`${dir}/rand.dat`, 'randread', '4k', `--size=${RAND_MIB}M --invalidate=1 --time_based --runtime=${seconds}`)})"
+  vm_step ${who}-meta 200
+  mkdir -p ${dir}/meta-${who}
+  echo "RESULT ${who} meta $(python3 -c '${PY_META}' ${dir}/meta-${who} ${META_ROUNDS})"
+  rmdir ${dir}/meta-${who}
+`;
+
+const clientRun = (transport: string) => `
+  ${transport === 'vfio' ? GUEST_SH.bindVfio : GUEST_SH.bindUio}
+  mkdir -p /tmp/mnt-${transport}
+  vm_step ${transport}-mount 60
+  ${GUEST_SH.cli('mount', '--transport', transport === 'vfio' ? 'vfio:$BDF' : 'uio:${UIO#/dev/}', `/tmp/mnt-${transport}`)} || exit 1
+  ${workloads(transport, `/tmp/mnt-${transport}`)}
+  vm_step ${transport}-status 60
+  ${GUEST_SH.cli('status', `/tmp/mnt-${transport}`)} | grep -E 'transport|interrupt|per request|READ |CREATE ' | sed 's/^/STATUS ${transport}: /'
+  vm_step ${transport}-unmount 60
+  ${GUEST_SH.cli('unmount', `/tmp/mnt-${transport}`)} || exit 1
+  vm_wait_relay_exit /tmp/mnt-${transport} || exit 1
+`;
+
+const script = `
+  ${GUEST_SH.modprobe('fuse')}
+  ${GUEST_SH.findVirtiofsBdf}
+  vm_step kernel-mount 30
+  ${GUEST_SH.mountVirtiofs('/tmp/mnt-kernel')}
+  ${workloads('kernel', '/tmp/mnt-kernel')}
+  umount /tmp/mnt-kernel
+  ${transports.map(clientRun).join('\n')}
+`;
+
+const shared = mkdtempSync(join(tmpdir(), 'vfs-bench-guest-'));
+try {
+  writeFileSync(join(shared, 'rand.dat'), Buffer.alloc(RAND_MIB << 20, 0x5a));
+  const load = loadavg()[0]!.toFixed(2);
+  const run = await runInGuest({ script, sharedDir: shared, timeoutMs: 1_800_000, defaultBudget: 60, label: 'bench:guest', onConsole: (l) => process.env.VERBOSE && console.error(l) });
+  if (run.exitCode !== 0) throw new Error(`the guest script failed (${run.exitCode}):\n${run.output}`);
+  const results = new Map<string, { bytes: number; ops: number }>();
+  for (const line of run.output.split('\n')) {
+    const m = /^RESULT (\S+) (\S+) (\d+) (\d+)$/.exec(line.trim());
+    if (m) results.set(`${m[1]}/${m[2]}`, { bytes: Number(m[3]), ops: Number(m[4]) });
+  }
+  const figure = (who: string, key: string) => {
+    const r = results.get(`${who}/${key}`);
+    if (!r) return undefined;
+    return key === 'seqwrite' || key === 'seqread' ? r.bytes / 2 ** 20 : r.ops;
+  };
+  const unit = (key: string) => (key === 'seqwrite' || key === 'seqread' ? 'MiB/s' : 'ops/s');
+  console.log(`virtiofs-client in a QEMU guest beside the guest kernel's virtio_fs: one boot, ${new Date().toISOString().slice(0, 10)}`);
+  console.log(
+    `guest: ${run.artifacts.kernelRelease}, ${run.accelerator.accel} (${run.accelerator.why}), 2 vCPUs, 1 GiB; device: vhost-user-fs-pci, QEMU 7.2 virtiofsd (cache=auto); host: ${cpus().length} CPUs, load ${load} at the start; boot ${(run.bootMs / 1000).toFixed(1)} s, whole run ${(run.durationMs / 1000).toFixed(0)} s`,
+  );
+  const header = ['workload', 'kernel', ...transports.flatMap((t) => [t, `${t}/kernel`])];
+  const rows = WORKLOADS.map((w) => {
+    const k = figure('kernel', w.key);
+    const cells = transports.flatMap((t) => {
+      const c = figure(t, w.key);
+      return [c === undefined ? '-' : c.toFixed(1), c === undefined || !k ? '-' : (c / k).toFixed(3)];
+    });
+    return [`${w.title}, ${unit(w.key)}`, k === undefined ? '-' : k.toFixed(1), ...cells];
+  });
+  console.log(`| ${header.join(' | ')} |`);
+  console.log(`|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
+  for (const r of rows) console.log(`| ${r.join(' | ')} |`);
+  // The client's own view of where a request's time went (status; client-side means over the whole run).
+  for (const line of run.output.split('\n')) if (line.startsWith('STATUS ')) console.log(line.slice('STATUS '.length).trimEnd());
+} finally {
+  rmSync(shared, { recursive: true, force: true });
+}
