@@ -147,6 +147,12 @@ export interface RunInGuestOptions {
   kernelArgs?: string[];
   /** More QEMU arguments (e.g. another -device). */
   qemuArgs?: string[];
+  /**
+   * Puts the virtio-fs function behind a PCIe-to-PCI bridge (id 'fsbridge'): with an IOMMU, every
+   * function behind it shares one group, so another device there (qemuArgs: -device ...,bus=fsbridge)
+   * makes the group not viable until that device is unbound.
+   */
+  fsBehindBridge?: boolean;
   /** Every console line as it arrives (kernel messages included). */
   onConsole?: (line: string) => void;
 }
@@ -380,7 +386,8 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
       '-object', `memory-backend-memfd,id=mem,size=${memoryMiB}M,share=on`,
       '-numa', 'node,memdev=mem',
       '-chardev', `socket,id=c0,path=${daemon.socketPath}`,
-      '-device', `vhost-user-fs-pci,chardev=c0,tag=${tag}`,
+      ...(options.fsBehindBridge ? ['-device', 'pcie-pci-bridge,id=fsbridge'] : []),
+      '-device', `vhost-user-fs-pci,chardev=c0,tag=${tag}${options.fsBehindBridge ? ',bus=fsbridge,addr=1' : ''}`,
       '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
       '-kernel', artifacts.vmlinux,
       '-initrd', artifacts.initrd,

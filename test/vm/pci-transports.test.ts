@@ -73,7 +73,7 @@ interface Shared {
  * One boot, shared by the tests that call the returned function: runs `script`, then reads what the
  * guest left in the shared directory.
  */
-function boot(iommu: 'none' | 'intel', script: string) {
+function boot(iommu: 'none' | 'intel', script: string, more: { fsBehindBridge?: boolean; qemuArgs?: string[] } = {}) {
   let joinRun: ((t: ExecutionContext) => Promise<GuestRun>) | undefined;
   let result: Promise<{ run: GuestRun; r: Map<string, string[]>; shared: Shared }> | undefined;
   return (t: ExecutionContext) => {
@@ -112,6 +112,7 @@ function boot(iommu: 'none' | 'intel', script: string) {
       env: { GUEST_WORD: 'it works', FIXTURES: fixtures },
       script,
       timeoutMs: 420_000,
+      ...more,
     });
     result = joinRun(t).then(
       (run) => ({ run, r: results(run), shared: inspect() }),
@@ -152,9 +153,27 @@ const noIommu = boot(
     [ -c "$UIO" ] && echo "UIO_CHAR=yes"
     echo "UIO_NAME=$(cat /sys/class/uio/\${UIO#/dev/}/name)"
     echo "UIO_DRIVER=$(${GUEST_SH.driver})"
+    # First use without hugepages reserved: one line that says how many to reserve.
+    ${GUEST_SH.step('first-error-hugepages', NODE_TS_BUDGET)}
+    echo 0 > /proc/sys/vm/nr_hugepages
+    echo "HUGEPAGE_ERROR=$(${GUEST_SH.cli('mount', '--transport', 'uio:${UIO#/dev/}', '/tmp/mnt-first')} 2>&1 | tr '\n' '|')"
+    echo 16 > /proc/sys/vm/nr_hugepages
+    echo "HUGEPAGES_BACK=$(cat /proc/sys/vm/nr_hugepages)"
     ${session('uio', 'uio:${UIO#/dev/}')}
     ${GUEST_SH.step('devices-uio', NODE_TS_BUDGET)}
     ${GUEST_SH.cli('devices')} | sed 's/^/DEVICES=/'
+    # First use of vfio-pci: not loaded; Debian's own vfio (no no-IOMMU mode in its kernels); the
+    # rebuilt vfio with the mode off. Each refusal is one line that says what to run.
+    ${GUEST_SH.step('first-error-vfio', NODE_TS_BUDGET)}
+    echo "BIND_UNLOADED=$(${GUEST_SH.cli('bind', '"$BDF"', 'vfio-pci')} 2>&1 | tr '\n' '|')"
+    ${GUEST_SH.modprobe('vfio-pci')}
+    echo "BIND_STOCK=$(${GUEST_SH.cli('bind', '"$BDF"', 'vfio-pci')} 2>&1 | tr '\n' '|')"
+    echo "AFTER_STOCK_DRIVER=$(${GUEST_SH.driver})"
+    for m in vfio_pci vfio_pci_core vfio_iommu_type1 vfio; do [ ! -d /sys/module/$m ] || rmmod $m || exit 1; done
+    insmod "$VM_VFIO_NOIOMMU_KO" || exit 1
+    ${GUEST_SH.modprobe('vfio-pci')}
+    echo "BIND_MODE_OFF=$(${GUEST_SH.cli('bind', '"$BDF"', 'vfio-pci')} 2>&1 | tr '\n' '|')"
+    echo Y > /sys/module/vfio/parameters/enable_unsafe_noiommu_mode
     # The project's own bind command moves it from uio_pci_generic to vfio-pci (modules loaded first).
     ${GUEST_SH.step('bind-vfio', NODE_TS_BUDGET)}
     vm_load_vfio_noiommu || exit 1
@@ -197,6 +216,28 @@ test('no IOMMU guest (harness): node runs, 9p and env reach the script, the func
     one('FIRST_ERROR') ?? '',
     /^virtiofs-client: 0000:\S+ is bound to virtio-pci, not vfio-pci: run 'modprobe vfio enable_unsafe_noiommu_mode=1 && modprobe vfio-pci && virtiofs-client bind 0000:\S+ vfio-pci'\|$/,
     'a vfio mount of a function still on virtio-pci says, in one line, what to run',
+  );
+  t.regex(
+    one('HUGEPAGE_ERROR') ?? '',
+    /^virtiofs-client: [^|]*DMA memory needs \d+ free 2 MiB hugepages, 0 of 0 are: reserve more with 'echo (\d+) > \/proc\/sys\/vm\/nr_hugepages'[^|]*\|$/,
+    'a UIO mount with no hugepages reserved says, in one line, how many to reserve',
+  );
+  t.is(one('HUGEPAGES_BACK'), '16');
+  t.regex(
+    one('BIND_UNLOADED') ?? '',
+    /^virtiofs-client: driver vfio-pci is not loaded: run 'modprobe vfio enable_unsafe_noiommu_mode=1 && modprobe vfio-pci' first\|$/,
+    'binding to vfio-pci before it is loaded names both modprobes',
+  );
+  t.regex(
+    one('BIND_STOCK') ?? '',
+    /^virtiofs-client: vfio-pci cannot take 0000:\S+: there is no IOMMU and this kernel's vfio has no no-IOMMU mode \(CONFIG_VFIO_NOIOMMU is not set, as in Debian's kernels\): use uio_pci_generic \('modprobe uio_pci_generic && virtiofs-client bind 0000:\S+ uio_pci_generic'\), or boot with the IOMMU on[^|]*\|$/,
+    "Debian's own vfio without an IOMMU: one line that says to use UIO or turn the IOMMU on",
+  );
+  t.is(one('AFTER_STOCK_DRIVER'), 'uio_pci_generic', 'a refused bind leaves the function where it was');
+  t.regex(
+    one('BIND_MODE_OFF') ?? '',
+    /^virtiofs-client: vfio-pci cannot take 0000:\S+: there is no IOMMU and vfio's no-IOMMU mode is off: run 'echo Y > \/sys\/module\/vfio\/parameters\/enable_unsafe_noiommu_mode'\|$/,
+    'a vfio with the mode off: one line with the switch to flip',
   );
   t.true(run.calibrationMs > 0, 'the calibration step ran');
   t.deepEqual(
@@ -253,13 +294,26 @@ const intel = boot(
     umount /mnt
     ${GUEST_SH.modprobe('fuse')}
     ${GUEST_SH.findVirtiofsBdf}
+    echo "BDF=$BDF"
     ${GUEST_SH.step('bind-vfio', SHELL_BUDGET)}
     ${GUEST_SH.bindVfio}
     echo "VFIO=$VFIO"
     echo "GROUP=$(basename "$(readlink /sys/bus/pci/devices/$BDF/iommu_group)")"
+    # A virtio-rng function behind the same bridge, bound to virtio-pci, shares the group: first use
+    # says, in one line, which function to let go of; then it is unbound and the group is viable.
+    ${GUEST_SH.step('first-error-group', NODE_TS_BUDGET)}
+    for d in /sys/bus/pci/devices/$BDF/iommu_group/devices/*; do
+      [ "\${d##*/}" = "$BDF" ] || echo "GROUP_MEMBER=\${d##*/} $(vm_pci_driver "\${d##*/}")"
+    done
+    mkdir -p /tmp/mnt-first
+    echo "GROUP_ERROR=$(${GUEST_SH.cli('mount', '--transport', 'vfio:$BDF', '/tmp/mnt-first')} 2>&1 | tr '\n' '|')"
+    RNG=$(vm_pci_find 0x1af4 0x1005); [ -n "$RNG" ] || exit 1
+    echo "RNG=$RNG"
+    echo "$RNG" > /sys/bus/pci/devices/$RNG/driver/unbind || exit 1
     ${session('vfio-iommu', 'vfio:$BDF')}
     exit 3
   `,
+  { fsBehindBridge: true, qemuArgs: ['-device', 'virtio-rng-pci,bus=fsbridge,addr=2'] },
 );
 
 test('intel IOMMU guest (harness): the kernel driver serves sharedDir, vfio-pci gets a real group, the exit status comes back', async (t) => {
@@ -274,6 +328,13 @@ test('intel IOMMU guest (harness): the kernel driver serves sharedDir, vfio-pci 
   t.is(shared.fromGuest, `${shared.secret}-back\n`);
   t.regex(one('VFIO') ?? '', /^\/dev\/vfio\/\d+$/, 'a real IOMMU group, not no-IOMMU');
   t.is(one('VFIO'), `/dev/vfio/${one('GROUP')}`);
+  t.true((r.get('GROUP_MEMBER') ?? []).some((m) => m === `${one('RNG')} virtio-pci`), `the rng shares the group: ${(r.get('GROUP_MEMBER') ?? []).join('; ')}`);
+  const rng = one('RNG') ?? '?';
+  t.is(
+    one('GROUP_ERROR'),
+    `virtiofs-client: IOMMU group ${one('GROUP')} is not viable: ${rng} (virtio-pci) shares it with ${one('BDF') ?? '?'}: unbind it ('echo ${rng} > /sys/bus/pci/devices/${rng}/driver/unbind') or bind it to vfio-pci too|`,
+    'a group that is not viable: one line naming the function to let go of, and how',
+  );
 });
 
 test('QEMU intel-iommu: VFIO type1 with DMA mapped at IOVA = guest-physical', async (t) => {

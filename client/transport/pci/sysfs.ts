@@ -48,11 +48,28 @@ export function boundDriver(address: string): string | undefined {
   return existsSync(link) ? basename(readlinkSync(link)) : undefined;
 }
 
+/** vfio's switch for no-IOMMU mode; present only when the kernel was built with CONFIG_VFIO_NOIOMMU. */
+const NOIOMMU_PARAM = '/sys/module/vfio/parameters/enable_unsafe_noiommu_mode';
+
+/**
+ * Without an IOMMU, vfio-pci takes a function only in vfio's no-IOMMU mode: the one-line reason it
+ * cannot now, and what to do; undefined when nothing stands in the way (an IOMMU, the mode on, or
+ * vfio not loaded yet: loadCommand then names the option).
+ */
+function noIommuBlocker(): string | undefined {
+  if (hasIommu() || !existsSync('/sys/module/vfio')) return undefined;
+  if (!existsSync(NOIOMMU_PARAM)) {
+    return "there is no IOMMU and this kernel's vfio has no no-IOMMU mode (CONFIG_VFIO_NOIOMMU is not set, as in Debian's kernels): use uio_pci_generic ('modprobe uio_pci_generic && virtiofs-client bind <address> uio_pci_generic'), or boot with the IOMMU on (intel_iommu=on or amd_iommu=on)";
+  }
+  if (readFileSync(NOIOMMU_PARAM, 'utf8').trim() !== 'Y') return `there is no IOMMU and vfio's no-IOMMU mode is off: run 'echo Y > ${NOIOMMU_PARAM}'`;
+  return undefined;
+}
+
 /** How to load `driver`'s module: a command line, or '' when it is loaded. */
 function loadCommand(driver: string): string {
   if (existsSync(`/sys/bus/pci/drivers/${driver}`)) return '';
   // Without an IOMMU, vfio must be loaded in no-IOMMU mode before vfio-pci pulls it in.
-  const noIommu = driver === 'vfio-pci' && !hasIommu() ? 'modprobe vfio enable_unsafe_noiommu_mode=1 && ' : '';
+  const noIommu = driver === 'vfio-pci' && !hasIommu() && !existsSync('/sys/module/vfio') ? 'modprobe vfio enable_unsafe_noiommu_mode=1 && ' : '';
   return `${noIommu}modprobe ${driver}`;
 }
 
@@ -74,11 +91,17 @@ export function bindAdvice(address: string, driver: 'vfio-pci' | 'uio_pci_generi
 export function bindDriver(address: string, driver: string): void {
   const dir = `${DEVICES}/${address}`;
   if (!existsSync(dir)) throw new TransportError(`no PCI function ${address} (see virtiofs-client devices)`, 'ENOENT');
+  const blocker = driver === 'vfio-pci' ? noIommuBlocker() : undefined;
+  if (blocker) throw new TransportError(`vfio-pci cannot take ${address}: ${blocker.replace('<address>', address)}`, 'ENODEV');
   const load = loadCommand(driver);
   if (load) throw new TransportError(`driver ${driver} is not loaded: run '${load}' first`, 'ENOENT');
   if (existsSync(`${dir}/driver`)) writeFileSync(`${dir}/driver/unbind`, address);
   writeFileSync(`${dir}/driver_override`, driver);
   writeFileSync('/sys/bus/pci/drivers_probe', address);
   const now = boundDriver(address);
-  if (now !== driver) throw new TransportError(`${address}: ${driver} did not take it (bound to ${now ?? 'nothing'}; see dmesg)`, 'EIO');
+  if (now !== driver) {
+    // vfio loaded meanwhile (vfio-pci pulled it in) without the mode: say so rather than 'see dmesg'.
+    const why = driver === 'vfio-pci' ? noIommuBlocker() : undefined;
+    throw new TransportError(why ? `vfio-pci cannot take ${address}: ${why.replace('<address>', address)}` : `${address}: ${driver} did not take it (bound to ${now ?? 'nothing'}; see dmesg)`, 'EIO');
+  }
 }

@@ -4,7 +4,7 @@
  * IOMMU (type1) or used by physical address (no-IOMMU); MSI-X vectors wired to
  * eventfds, INTx as the fallback, polling as the last resort.
  */
-import { closeSync, existsSync, openSync, readlinkSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { DmaRegion } from '../../../ffi/dma.ts';
 import { ErrnoError, isErrnoError } from '../../../ffi/errno.ts';
@@ -75,12 +75,7 @@ export class VfioFunction implements PciFunction {
       if (ioctl(this.container, v.VFIO_GET_API_VERSION) !== v.VFIO_API_VERSION) throw new TransportError('unknown VFIO API version', 'EPROTO');
       this.group = openSync(groupPath, 'r+');
       const status = call(this.group, v.VFIO_GROUP_GET_STATUS, v.vfio_group_status, {});
-      if (!(status.flags & v.VFIO_GROUP_FLAGS_VIABLE)) {
-        throw new TransportError(
-          `IOMMU group ${groupName} is not viable: every device in it must be bound to vfio-pci or no driver (ls /sys/kernel/iommu_groups/${groupName}/devices)`,
-          'EBUSY',
-        );
-      }
+      if (!(status.flags & v.VFIO_GROUP_FLAGS_VIABLE)) throw new TransportError(notViable(groupName, address), 'EBUSY');
       const containerFd = new Uint8Array(4);
       new DataView(containerFd.buffer).setInt32(0, this.container, true);
       ioctl(this.group, v.VFIO_GROUP_SET_CONTAINER, containerFd);
@@ -226,4 +221,24 @@ export class VfioFunction implements PciFunction {
     if (!r) throw new TransportError(`${this.address}: no config region`, 'EIO');
     return r.offset;
   }
+}
+
+/**
+ * Why group `group` is not viable, in one line: the other functions in it bound to a host driver
+ * (bridges' pcieport is allowed), and how to let go of them.
+ */
+function notViable(group: string, address: string): string {
+  const dir = `/sys/kernel/iommu_groups/${group}/devices`;
+  let others: { bdf: string; driver: string }[] = [];
+  try {
+    others = readdirSync(dir)
+      .filter((bdf) => bdf !== address)
+      .map((bdf) => ({ bdf, driver: boundDriver(bdf) ?? '' }))
+      .filter((o) => o.driver !== '' && o.driver !== 'vfio-pci' && o.driver !== 'pcieport');
+  } catch {
+    // no sysfs view of the group: the general advice below
+  }
+  if (others.length === 0) return `IOMMU group ${group} is not viable: every function in it must be bound to vfio-pci or to no driver (ls ${dir})`;
+  const unbind = others.map((o) => `echo ${o.bdf} > /sys/bus/pci/devices/${o.bdf}/driver/unbind`).join(' && ');
+  return `IOMMU group ${group} is not viable: ${others.map((o) => `${o.bdf} (${o.driver})`).join(', ')} ${others.length > 1 ? 'share' : 'shares'} it with ${address}: unbind ${others.length > 1 ? 'them' : 'it'} ('${unbind}') or bind ${others.length > 1 ? 'them' : 'it'} to vfio-pci too`;
 }
