@@ -95,6 +95,20 @@ export interface VirtqueueOptions {
   readonly maxIndirectSegments?: number;
 }
 
+/**
+ * One queue's rings driven by several Virtqueue objects, one per thread (client/virtio/queue-share.ts):
+ * each owns a range of the descriptor table and publishes its chains through the share, under a
+ * lock; used entries are taken off the ring by whichever thread holds the share's other lock and
+ * handed to their owner's completeUsed().
+ */
+export interface VirtqueueShare {
+  /** This object's descriptors: [first, first + count). */
+  readonly first: number;
+  readonly count: number;
+  /** Puts `head` on the avail ring (under the share's lock); true when the device wants a kick for it. */
+  publish(head: number): boolean;
+}
+
 export interface VirtqueueParams extends VirtqueueOptions {
   /** For error reports, e.g. "hiprio" or "request0". */
   readonly name: string;
@@ -109,6 +123,8 @@ export interface VirtqueueParams extends VirtqueueOptions {
    * zeroing them. See adoptRings().
    */
   readonly adopt?: boolean;
+  /** The rings are shared with other threads' Virtqueue objects (requires adopt): see VirtqueueShare. */
+  readonly share?: VirtqueueShare;
 }
 
 export type VirtqueueErrorCode =
@@ -211,6 +227,9 @@ export class Virtqueue<T> {
   private lastUsedIdx = 0;
   private callbacksEnabled = true;
   private broken: string | undefined;
+  private readonly share: VirtqueueShare | undefined;
+  /** Share mode: a publish since the last kickNeeded() wanted a kick. */
+  private kickPending = false;
 
   constructor(params: VirtqueueParams) {
     const { name, region, offset, size, features } = params;
@@ -283,6 +302,14 @@ export class Virtqueue<T> {
     this.chainWritableBytes = new Float64Array(size);
     this.headState = new Uint8Array(size);
     this.tokens = new Array<T | undefined>(size).fill(undefined);
+    this.share = params.share;
+    if (this.share) {
+      const { first, count } = this.share;
+      if (!params.adopt) throw fail('a shared queue adopts rings another object set up');
+      if (!Number.isInteger(first) || !Number.isInteger(count) || first < 0 || count < 1 || first + count > size) {
+        throw fail(`descriptors [${first}, +${count}) are not inside the queue of ${size}`);
+      }
+    }
     if (params.adopt) this.adoptRings();
     else this.initialize();
   }
@@ -360,6 +387,10 @@ export class Virtqueue<T> {
     this.tokens[head] = token;
     this.inFlight++;
 
+    if (this.share) {
+      if (this.share.publish(head)) this.kickPending = true;
+      return true;
+    }
     this.avail[AVAIL_RING_WORD + (this.availIdx & this.mask)] = head;
     this.availIdx = (this.availIdx + 1) & U16_MASK;
     Atomics.store(this.avail, IDX_WORD, this.availIdx); // release: publishes the entry and its descriptors
@@ -372,6 +403,11 @@ export class Virtqueue<T> {
    * Call it once after each batch of adds, before 65536 adds accumulate.
    */
   kickNeeded(): boolean {
+    if (this.share) {
+      const kick = this.kickPending && this.broken === undefined;
+      this.kickPending = false;
+      return kick;
+    }
     const oldIdx = this.availIdxAtLastKickCheck;
     const newIdx = this.availIdx;
     if (oldIdx === newIdx || this.broken !== undefined) return false;
@@ -416,29 +452,46 @@ export class Virtqueue<T> {
       const id = this.used32[element]!;
       const len = this.used32[element + 1]!;
       this.lastUsedIdx = (position + 1) & U16_MASK;
-
-      if (id >= this.size || this.headState[id] !== HEAD_IN_FLIGHT) {
-        // The device has lost track of its chains: the request it meant never completes, and once a
-        // head is reused a stale entry would complete the wrong request. The queue is broken, as
-        // Linux's virtio_ring marks it (BAD_RING): everything in flight fails (failAll).
-        const reason =
-          id >= this.size
-            ? `id ${id} is out of range for queue size ${this.size}`
-            : this.headState[id] === HEAD_COMPLETED
-              ? `id ${id} was already completed (duplicate used entry)`
-              : `id ${id} is not the head of an in-flight chain`;
-        this.broken = `device wrote a corrupt used ring: ${reason}`;
-        onProblem(this.problem(position, 'id', id, reason, undefined));
-      } else if (len > this.chainWritableBytes[id]!) {
-        const reason = `len ${len} exceeds the ${this.chainWritableBytes[id]} device-writable bytes of chain ${id}`;
-        onProblem(this.problem(position, 'len', len, reason, this.reclaim(id)));
-      } else {
-        onComplete(this.reclaim(id), len);
-        completed++;
-      }
+      if (this.completeUsed(position, id, len, onComplete, onProblem)) completed++;
     }
     this.publishUsedEvent();
     return completed;
+  }
+
+  /**
+   * One used entry (at free-running `position`): checked and completed as drainUsed does, which
+   * calls it for each entry. In share mode the thread that took the entry off the shared used ring
+   * hands it to the object owning chain `id` this way. Returns true when onComplete ran. An entry
+   * naming no chain of this object in flight breaks the queue.
+   */
+  completeUsed(
+    position: number,
+    id: number,
+    len: number,
+    onComplete: (token: T, writtenLen: number) => void,
+    onProblem: (problem: UsedRingProblem<T>) => void,
+  ): boolean {
+    if (this.broken !== undefined) return false;
+    if (id >= this.size || this.headState[id] !== HEAD_IN_FLIGHT) {
+      // The device has lost track of its chains: the request it meant never completes, and once a
+      // head is reused a stale entry would complete the wrong request. The queue is broken, as
+      // Linux's virtio_ring marks it (BAD_RING): everything in flight fails (failAll).
+      const reason =
+        id >= this.size
+          ? `id ${id} is out of range for queue size ${this.size}`
+          : this.headState[id] === HEAD_COMPLETED
+            ? `id ${id} was already completed (duplicate used entry)`
+            : `id ${id} is not the head of an in-flight chain`;
+      this.broken = `device wrote a corrupt used ring: ${reason}`;
+      onProblem(this.problem(position, 'id', id, reason, undefined));
+    } else if (len > this.chainWritableBytes[id]!) {
+      const reason = `len ${len} exceeds the ${this.chainWritableBytes[id]} device-writable bytes of chain ${id}`;
+      onProblem(this.problem(position, 'len', len, reason, this.reclaim(id)));
+    } else {
+      onComplete(this.reclaim(id), len);
+      return true;
+    }
+    return false;
   }
 
   /**
@@ -519,11 +572,14 @@ export class Virtqueue<T> {
 
   /** Every descriptor free, nothing in flight, indexes as given, not broken. */
   private resetState(availIdx: number, usedIdx: number): void {
-    for (let i = 0; i < this.size; i++) this.nextDescriptor[i] = i + 1;
+    const first = this.share?.first ?? 0;
+    const count = this.share?.count ?? this.size;
+    for (let i = first; i < first + count; i++) this.nextDescriptor[i] = i + 1;
     this.headState.fill(NOT_A_HEAD);
     this.tokens.fill(undefined);
-    this.freeHead = 0;
-    this.freeCount = this.size;
+    this.freeHead = first;
+    this.freeCount = count;
+    this.kickPending = false;
     this.inFlight = 0;
     this.availIdx = availIdx;
     this.availIdxAtLastKickCheck = availIdx;
