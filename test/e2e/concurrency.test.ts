@@ -87,7 +87,8 @@ function run(root: string, me: number): Promise<Counts> {
     child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
     const timer = setTimeout(() => child.kill('SIGKILL'), (SECONDS + 30) * 1000);
-    child.once('exit', (code) => {
+    // 'close', not 'exit': output may still sit in the pipe when the process is gone.
+    child.once('close', (code) => {
       clearTimeout(timer);
       if (code === 0) resolve(JSON.parse(out) as Counts);
       else reject(new Error(`process ${me}: exit ${code}: ${err.trim()}`));
