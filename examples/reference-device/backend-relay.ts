@@ -4,24 +4,35 @@
  * with the project's own client stack: transport, VirtioFsDevice (rings and
  * slots in memory the backend maps), and FuseSession for FUSE_INIT.
  *
- * It is client/frontend/relay.ts with the frontend's virtqueue in place of
- * /dev/fuse: each request is copied from the frontend's buffers into a slot
- * and goes through the client's request engine (client/fuse/engine.ts), which
- * rewrites its architecture-dependent fields from the negotiated encoding to
- * the device's own, sends it, and judges the reply, whose errno and GETLK lock
- * type it rewrites the other way. Uniques, node ids and file handles pass
- * through unchanged.
+ * It is client/frontend/relay.ts with the frontend's virtqueues in place of
+ * /dev/fuse: after FUSE_INIT the backend's request queue is lent to the
+ * frontend request queues' threads (queue-worker.ts), which share it
+ * (client/virtio/queue-share.ts): each copies its requests into slots of its
+ * own and sends them through the client's request engine
+ * (client/fuse/engine.ts), which rewrites their architecture-dependent fields
+ * from the negotiated encoding to the device's own and judges the replies,
+ * whose errno and GETLK lock type it rewrites the other way. Uniques, node ids
+ * and file handles pass through unchanged. This thread keeps the backend's
+ * hiprio queue (FORGETs) and a few slots for it and for DESTROY.
  */
 import type { Architecture } from '../../client/arch/index.ts';
-import { EngineFailure, isRelayable } from '../../client/fuse/engine.ts';
+import { EngineFailure } from '../../client/fuse/engine.ts';
 import { FuseSession } from '../../client/fuse/session.ts';
-import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM, WRITE_HEAD } from '../../client/fuse/slot-layout.ts';
+import { DATA_AT, REQUEST_AT, REQUEST_ROOM } from '../../client/fuse/slot-layout.ts';
 import { WireTranslation } from '../../client/fuse/wire-translation.ts';
-import { describeReply, describeRequest } from '../../client/frontend/trace.ts';
-import { Opcode, fuse_in_header, fuse_out_header, messageShape, opcodeName } from '../../client/protocol/index.ts';
+import { opcodeName } from '../../client/protocol/index.ts';
 import { openTransport } from '../../client/transport/open.ts';
-import { VirtioFsDevice, type Slot } from '../../client/virtio/virtio-fs-device.ts';
+import { QueueShare, type QueueShareLayout } from '../../client/virtio/queue-share.ts';
+import { IDX_WORD } from '../../client/virtio/ring-layout.ts';
+import { VirtioFsDevice, type QueueLoan, type Slot } from '../../client/virtio/virtio-fs-device.ts';
+import { Virtqueue } from '../../client/virtio/virtqueue.ts';
 import { NOT_RELAYED, type BackendTerms, type ClientInit } from './negotiation.ts';
+import type { BackendPart } from './queue-worker.ts';
+
+/** Slots the main thread keeps when the request queue is lent: FORGETs on hiprio, DESTROY at the end. */
+const KEPT_SLOTS = 4;
+/** The backend's request queue: the first after hiprio (QEMU 7.2's virtiofsd has no other). */
+const REQUEST_QUEUE = 1;
 
 /** A request as the frontend made it: its bytes are read on demand from the frontend's buffers. */
 export interface FrontendRequest {
@@ -35,13 +46,6 @@ export interface FrontendRequest {
   readonly replyRoom: number;
 }
 
-/**
- * Delivers a reply: `parts` concatenated are fuse_out_header (len and error
- * already in the client's encoding) and the body. Called while the bytes are
- * still in the backend's buffer, so they are copied once.
- */
-export type Respond = (parts: readonly Uint8Array[]) => void;
-
 
 export interface BackendOptions {
   log: (line: string) => void;
@@ -52,7 +56,9 @@ export interface BackendOptions {
 export class BackendRelay {
   private session: FuseSession | undefined;
   /** The frontend's DESTROY went through: the backend session is over. */
-  private destroyed = false;
+  destroyed = false;
+  /** The request queue while lent to the queue threads. */
+  private lent: { loan: QueueLoan; share: QueueShareLayout; wakeFds: number[] } | undefined;
   private closing: Promise<void> | undefined;
   private closeRequested = false;
 
@@ -112,66 +118,56 @@ export class BackendRelay {
     this.engine().translation = translation;
   }
 
-  /**
-   * The backend's inode number of `nodeid` (a GETATTR of the device's own, outside the frontend's
-   * requests): how the device finds a node's file in its directory (fileattr.ts).
-   */
-  inodeOf(nodeid: bigint): Promise<bigint> {
-    if (!this.session) throw new EngineFailure('EIO', 'backend session not initialised');
-    return this.session.call('GETATTR', nodeid, { arg: {} }, {}, (r) => {
-      if (r.body.kind !== 'struct') throw new EngineFailure('EIO', 'GETATTR: no attributes');
-      return BigInt((r.body.value as { attr: { ino: bigint | number } }).attr.ino);
-    });
-  }
-
   /** The backend's INIT, once done: for logs. */
   describe(): string[] {
     return this.session?.describe() ?? [];
   }
 
   /**
-   * Forwards one request that expects a reply and delivers the reply through
-   * `respond`. Throws EngineFailure when the device itself cannot carry the
-   * request or the backend's reply; the caller answers with that errno.
+   * Lends the request queue to `members` threads (one per frontend request queue), which share it:
+   * the slots but KEPT_SLOTS are split between them, and so are the descriptors
+   * (QueueShare). `wakeFds[m]` wakes member m. Call once, after init().
    */
-  async forward(request: FrontendRequest, respond: Respond): Promise<void> {
-    const { opcode, unique, len } = request;
-    const shape = messageShape(opcode);
-    if (!shape || !isRelayable(opcode) || shape.reply.kind === 'none') throw new EngineFailure('ENOSYS', `${opcodeName(opcode)} is not relayed`);
-    const engine = this.engine();
-    const translation = engine.translation;
-    const slot = await this.device.acquireSlot().catch((error: Error) => {
-      throw new EngineFailure('EIO', `backend unavailable: ${error.message}`);
-    });
+  lendRequestQueue(members: number, wakeFds: number[]): BackendPart[] {
+    if (this.lent) throw new Error('the request queue is lent already');
+    if (this.device.failed) throw new EngineFailure('EIO', `backend unavailable: ${this.device.failed.message}`);
+    const per = Math.floor((this.device.freeSlots - KEPT_SLOTS) / members);
+    if (per < 1) throw new EngineFailure('EIO', `${this.device.freeSlots} backend slots cannot serve ${members} request queues`);
+    const loan = this.device.lendQueue(REQUEST_QUEUE, per * members, wakeFds[0]!);
+    // Where the share starts harvesting: the used idx now (nothing is in flight).
+    const rings = new Virtqueue({ name: loan.name, region: this.device.memory, offset: loan.ringOffset, size: loan.queueSize, features: loan.features, maxIndirectSegments: loan.maxIndirectSegments, adopt: true });
+    const region = this.device.memory.bytes;
+    const usedIdx = new Uint16Array(region.buffer, region.byteOffset + loan.ringOffset + rings.layout.usedRing, 2)[IDX_WORD]!;
+    const share = QueueShare.create(members, loan.queueSize, usedIdx);
+    this.lent = { loan, share, wakeFds };
+    return Array.from({ length: members }, (_, m) => ({ loan, share, wakeFds, slotOffsets: loan.slotOffsets.slice(m * per, (m + 1) * per) }));
+  }
+
+  /** The threads make every request fail (the backend is gone): they fail what they have in flight with EIO. */
+  breakShare(): void {
+    if (this.lent) QueueShare.breakShare(this.lent.share, this.lent.wakeFds);
+  }
+
+  /**
+   * Every thread has stopped: the request queue comes back (`quiet`: nothing of theirs is still
+   * with the backend), so that close() can send DESTROY on it.
+   */
+  reclaimRequestQueue(quiet: boolean): boolean {
+    const lent = this.lent;
+    if (!lent) return true;
+    if (!quiet || this.device.failed) return false;
     try {
-      const readable = this.copyRequest(request, slot);
-      // READLINK states no size: the frontend's buffer is the limit too.
-      const space = engine.replySpace(opcode, slot.view, REQUEST_AT + fuse_in_header.size, Math.max(0, request.replyRoom - fuse_out_header.size));
-      if (space.room.data > 0 && readable.length > 2) throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes leaves no room for reply data`);
-      const needed = fuse_out_header.size + space.room.fixed + space.room.data;
-      if (needed > request.replyRoom) {
-        throw new EngineFailure('EIO', `${opcodeName(opcode)}: frontend offered ${request.replyRoom} writable bytes, the reply may take ${needed}`);
-      }
-      if (WireTranslation.translatesRequest(opcode) && len < fuse_in_header.size + shape.arg!.size) {
-        throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes is shorter than its ${shape.arg!.name}`);
-      }
-      this.options.trace?.(describeRequest(slot.view, Math.min(len, REQUEST_ROOM), translation));
-      engine.translateRequest(opcode, slot.view);
-      const judged = await engine.send(slot, opcode, unique, readable, space).catch((error: Error) => {
-        throw error instanceof EngineFailure ? error : new EngineFailure('EIO', `backend: ${error.message}`);
-      });
-      const head = slot.bytes.subarray(REPLY_AT, REPLY_AT + fuse_out_header.size);
-      if (judged.errno !== 0) {
-        this.options.trace?.(`<- ${opcodeName(opcode)} unique ${unique}: errno ${judged.errno} (${translation.client.name})`);
-        respond([head]);
-      } else {
-        this.options.trace?.(describeReply(opcode, unique, judged.bodyLen));
-        respond([head, slot.bytes.subarray(judged.bodyAt, judged.bodyAt + judged.bodyLen)]);
-      }
-      if (opcode === Opcode.DESTROY) this.destroyed = true;
-    } finally {
-      this.device.releaseSlot(slot);
+      this.device.reclaimQueue(lent.loan);
+      this.lent = undefined;
+      return true;
+    } catch (error) {
+      this.options.log(`backend ${lent.loan.name}: ${(error as Error).message}; not sending DESTROY`);
+      return false;
     }
+  }
+
+  onFailure(callback: (error: Error) => void): void {
+    this.device.onFailure(callback);
   }
 
   /** FORGET and BATCH_FORGET: to the backend's hiprio queue; nothing comes back. */
@@ -188,33 +184,23 @@ export class BackendRelay {
     }
   }
 
-  /** Ends the backend session: DESTROY (unless the frontend's went through already), then the connection. */
+  /**
+   * Ends the backend session: DESTROY (unless the frontend's went through already, or the request
+   * queue could not be taken back from the threads), then the connection.
+   */
   close(): Promise<void> {
     this.closeRequested = true;
     this.closing ??= (async () => {
-      if (this.session && !this.destroyed) await this.session.close();
+      if (this.session && !this.destroyed && !this.lent) await this.session.close();
       else this.device.close();
     })();
     return this.closing;
   }
 
-  /**
-   * Copies the request into the slot and returns the device-readable
-   * segments: a WRITE's data in its own page-aligned buffer, the slot's data
-   * area (a backend doing O_DIRECT I/O on it needs the alignment; the kernel's
-   * virtio_fs driver lays WRITEs out the same way), anything else at REQUEST_AT, with a
-   * long tail (a large SETXATTR value) in the data area, which forward()
-   * then refuses if the reply needs that area too.
-   */
+  /** Copies a FORGET/BATCH_FORGET into the slot (a long batch's tail in the data area); returns its device-readable segments. */
   private copyRequest(request: FrontendRequest, slot: Slot): number[] {
     const { opcode, len } = request;
-    let head: number;
-    if (opcode === Opcode.WRITE) {
-      if (len < WRITE_HEAD) throw new EngineFailure('EIO', `WRITE of ${len} bytes is shorter than its headers`);
-      head = WRITE_HEAD;
-    } else {
-      head = Math.min(len, REQUEST_ROOM);
-    }
+    const head = Math.min(len, REQUEST_ROOM);
     const tail = len - head;
     if (tail > this.device.dataRoom) throw new EngineFailure('EIO', `${opcodeName(opcode)}: request of ${len} bytes exceeds the device's buffers`);
     request.read(0, slot.bytes.subarray(REQUEST_AT, REQUEST_AT + head));

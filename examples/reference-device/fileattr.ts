@@ -9,8 +9,9 @@
  * serves. Translated (this device translating in mode (a), or the client in (b)/(d)), it is the
  * device's own FS_IOC_GETFLAGS (0x40086601) and is served.
  *
- * The node's file: the backend's inode number of the request's nodeid (a GETATTR of the device's
- * own), looked up in the directory (walked once, then cached and re-checked). The ioctl runs on
+ * The node's file: the backend's inode number of the request's nodeid (a GETATTR the queue worker
+ * sends the backend on the request's slot), looked up in the directory (walked once, then cached
+ * and re-checked). The ioctl runs on
  * that file with the host's own command number. The VFS has already checked the caller: ownership
  * for any change, CAP_LINUX_IMMUTABLE for the immutable and append-only flags.
  */
@@ -21,7 +22,6 @@ import type { WireTranslation } from '../../client/fuse/wire-translation.ts';
 import { Opcode, fuse_in_header, fuse_ioctl_in, fuse_ioctl_out, fuse_out_header } from '../../client/protocol/index.ts';
 import { ErrnoError, errnoNumber } from '../../ffi/errno.ts';
 import { ioctl } from '../../ffi/ioctl.ts';
-import type { BackendRelay, FrontendRequest, Respond } from './backend-relay.ts';
 
 const ARG_AT = fuse_in_header.size;
 const CMD_AT = ARG_AT + fuse_ioctl_in.offsetOf('cmd');
@@ -32,6 +32,20 @@ const DATA_AT = ARG_AT + fuse_ioctl_in.size;
 /** The most any fileattr command moves (struct fsxattr). */
 const PAYLOAD_MAX = 28;
 
+/** A fileattr ioctl, read and translated: what answer() needs once the node's inode number is known. */
+export interface FileattrCommand {
+  readonly name: string;
+  readonly unique: bigint;
+  readonly nodeid: bigint;
+  readonly reading: boolean;
+  readonly inSize: number;
+  readonly outSize: number;
+  /** The request's bytes (the command translated in place). */
+  readonly bytes: Uint8Array;
+  /** Refused before the file is looked at (sizes that do not fit the command): answered with this error. */
+  readonly invalid?: ErrnoError;
+}
+
 export class FileattrServer {
   private readonly paths = new Map<bigint, string>();
   private readonly host = hostArch();
@@ -39,36 +53,54 @@ export class FileattrServer {
   constructor(
     private readonly dir: string,
     private readonly own: Architecture,
-    private readonly backend: BackendRelay,
     private readonly log: (line: string) => void,
     private readonly trace?: (line: string) => void,
   ) {}
 
   /**
-   * Serves an IOCTL whose command is, in the device's own encoding after `translation`, a fileattr
-   * command, and returns true; returns false for any other command (the caller forwards it).
+   * Reads an IOCTL (`bytes`: the whole request, which is translated in place): the fileattr command
+   * it is in the device's own encoding after `translation`, or undefined for any other command
+   * (the caller forwards the request as it came).
    */
-  async serve(request: FrontendRequest, translation: WireTranslation, respond: Respond): Promise<boolean> {
-    if (request.len < DATA_AT) return false;
-    const bytes = new Uint8Array(request.len);
-    request.read(0, bytes);
-    const view = new DataView(bytes.buffer);
+  parse(bytes: Uint8Array, translation: WireTranslation): FileattrCommand | undefined {
+    if (bytes.length < DATA_AT) return undefined;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const wireCmd = view.getUint32(CMD_AT, true);
     translation.request(Opcode.IOCTL, view, ARG_AT);
     const cmd = view.getUint32(CMD_AT, true);
     const name = ioctlCommandName(cmd, this.own);
     this.trace?.(`IOCTL cmd 0x${wireCmd.toString(16)} (wire) = 0x${cmd.toString(16)} on ${this.own.name}: ${name ?? 'not a fileattr command: forwarded'}`);
-    if (name === undefined) return false;
+    if (name === undefined) return undefined;
     const inSize = view.getUint32(IN_SIZE_AT, true);
     const outSize = view.getUint32(OUT_SIZE_AT, true);
-    const unique = view.getBigUint64(fuse_in_header.offsetOf('unique'), true);
     const reading = name.includes('GET');
     const size = reading ? outSize : inSize;
+    const invalid = size > PAYLOAD_MAX || bytes.length !== DATA_AT + inSize ? new ErrnoError('ioctl', errnoNumber('EINVAL'), `${name}: in_size ${inSize}, out_size ${outSize}`) : undefined;
+    return {
+      name,
+      unique: view.getBigUint64(fuse_in_header.offsetOf('unique'), true),
+      nodeid: view.getBigUint64(NODEID_AT, true),
+      reading,
+      inSize,
+      outSize,
+      bytes,
+      invalid,
+    };
+  }
+
+  /**
+   * Serves the command on the file whose (backend) inode number is `ino` (a GETATTR of the
+   * device's own found it; undefined when the command was refused already) and returns the whole
+   * reply, fuse_out_header first, errno in the client's encoding.
+   */
+  answer(command: FileattrCommand, ino: bigint | undefined, translation: WireTranslation): Uint8Array {
+    const { name, reading, inSize, outSize, bytes, unique } = command;
     let payload: Uint8Array;
     let errno = 0;
     try {
-      if (size > PAYLOAD_MAX || request.len !== DATA_AT + inSize) throw new ErrnoError('ioctl', errnoNumber('EINVAL'), `${name}: in_size ${inSize}, out_size ${outSize}`);
-      const path = await this.pathOf(view.getBigUint64(NODEID_AT, true));
+      if (command.invalid) throw command.invalid;
+      if (ino === undefined) throw new ErrnoError('ioctl', errnoNumber('EIO'), `${name}: no inode number`);
+      const path = this.pathOf(ino);
       // The host's own number; the flags commands always move an unsigned int, whatever `long` is.
       const hostCmd = ioctlCommandValue(name.replace('FS_IOC32_', 'FS_IOC_'), this.host)!;
       const buffer = new Uint8Array(8 + PAYLOAD_MAX);
@@ -95,13 +127,11 @@ export class FileattrServer {
       fuse_ioctl_out.encode(out, fuse_out_header.size, { result: 0, flags: 0, in_iovs: 0, out_iovs: 0 });
       reply.set(payload, fuse_out_header.size + fuse_ioctl_out.size);
     }
-    respond([reply]);
-    return true;
+    return reply;
   }
 
-  /** The file of `nodeid` in the directory: by the backend's inode number. */
-  private async pathOf(nodeid: bigint): Promise<string> {
-    const ino = await this.backend.inodeOf(nodeid);
+  /** The file of backend inode `ino` in the directory. */
+  private pathOf(ino: bigint): string {
     const cached = this.paths.get(ino);
     if (cached !== undefined && this.inodeAt(cached) === ino) return cached;
     this.paths.clear();

@@ -6,19 +6,24 @@
  * arguments) and room for its reply (device-writable: fuse_out_header and
  * body).
  *
- * FUSE_INIT is answered here (negotiation.ts decides the architecture
- * answer); every other request goes to the backend through the relay, with
- * the translation INIT settled.
+ * Each request queue is served on a thread of its own (queue-worker.ts),
+ * which forwards its requests to the backend through the request engine
+ * itself. This thread serves hiprio, and answers what the threads hand it:
+ * FUSE_INIT (negotiation.ts decides the architecture answer; then the
+ * threads get the translation and their share of the backend's request
+ * queue) and FORGETs that came on a request queue (sent on the backend's
+ * hiprio queue).
  */
 import type { Architecture } from '../../client/arch/index.ts';
 import type { WireTranslation } from '../../client/fuse/wire-translation.ts';
 import { FUSE_KERNEL_VERSION, Opcode, ProtocolError, fuse_in_header, fuse_init_out, fuse_out_header, opcodeName } from '../../client/protocol/index.ts';
 import { EngineFailure } from '../../client/fuse/engine.ts';
 import { BackendRelay, type FrontendRequest } from './backend-relay.ts';
-import { FileattrServer } from './fileattr.ts';
 import type { Chain } from './device-ring.ts';
 import { decideArch, initReply, majorOnlyReply, readClientInit, translationFor, type ArchAnswer } from './negotiation.ts';
-import type { DeviceModel, RunningQueue } from './vhost-user-backend.ts';
+import type { WorkerMessage } from './queue-worker.ts';
+import type { DeviceModel, QueueThread, RunningQueue } from './vhost-user-backend.ts';
+import { WorkerHandle } from './worker-handle.ts';
 
 export const HIPRIO_QUEUE = 0;
 
@@ -33,6 +38,8 @@ export interface FsDeviceOptions {
   trace?: (line: string) => void;
   /** Serves the fileattr ioctls itself on this directory (the backend's shared directory): fileattr.ts. */
   fileattrDir?: string;
+  /** Test hook (--stall-lookup): a LOOKUP of this name holds its queue's thread for `ms`. */
+  stall?: { name: string; ms: number };
 }
 
 /** A chain that does not hold a well-formed request; `unique` when the header could be read. */
@@ -55,7 +62,11 @@ export class ReferenceFsDevice implements DeviceModel {
   private readonly log: (line: string) => void;
   /** What the arch negotiation settled, for logs and tests. */
   negotiated: string | undefined;
-  private readonly fileattr: FileattrServer | undefined;
+  /** One thread per request queue offered, started now (a frontend's set-up then waits for none). */
+  private readonly workers: WorkerHandle[];
+  private readonly onProcessExit = (): void => {
+    for (const w of this.workers) void w.exit();
+  };
 
   constructor(
     private readonly backend: BackendRelay,
@@ -63,7 +74,22 @@ export class ReferenceFsDevice implements DeviceModel {
   ) {
     this.queueCount = 1 + options.requestQueues;
     this.log = options.log;
-    if (options.fileattrDir !== undefined) this.fileattr = new FileattrServer(options.fileattrDir, options.arch, backend, options.log, options.trace);
+    this.workers = Array.from(
+      { length: options.requestQueues },
+      (_, member) =>
+        new WorkerHandle(member, {
+          ownArch: options.arch.name,
+          trace: options.trace !== undefined,
+          fileattrDir: options.fileattrDir,
+          stall: options.stall,
+          log: options.log,
+          onMessage: (handle, message) => this.onWorkerMessage(handle, message),
+        }),
+    );
+    // The backend gone: the threads fail what they have in flight, and every later request.
+    backend.onFailure(() => backend.breakShare());
+    // Node joins threads at exit: one asleep in epoll_wait is told to stop.
+    process.once('exit', this.onProcessExit);
   }
 
   queueStarted(queue: RunningQueue): void {
@@ -74,7 +100,14 @@ export class ReferenceFsDevice implements DeviceModel {
     if (queue.inFlight > 0) this.log(`${queue.name} stopped with ${queue.inFlight} request(s) in flight: their replies are dropped`);
   }
 
-  /** Takes every available chain; each request then proceeds on its own. */
+  /** Request queue i is served by its own thread; hiprio by this one. */
+  queueThread(index: number, broken: (lastAvail: number) => void): QueueThread | undefined {
+    const worker = this.workers[index - 1];
+    if (worker) worker.broken = broken;
+    return worker;
+  }
+
+  /** Takes every available chain (hiprio: the request queues have threads of their own). */
   queueKicked(queue: RunningQueue): void {
     do {
       for (let popped = queue.pop(); popped; popped = queue.pop()) {
@@ -82,19 +115,61 @@ export class ReferenceFsDevice implements DeviceModel {
           // Nowhere trustworthy to write an error to: return the chain empty (the frontend sees no reply: EIO).
           this.log(`${queue.name}: ${popped.reason}; returned with nothing written`);
           queue.complete(popped.head, 0);
-        } else if (queue.index === HIPRIO_QUEUE) {
-          void this.hiprio(queue, popped.chain);
         } else {
-          void this.request(queue, popped.chain);
+          void this.hiprio(queue, popped.chain);
         }
       }
     } while (queue.armKick());
   }
 
-  /** Ends the backend session (the frontend is gone). */
-  close(): Promise<void> {
+  /**
+   * Ends the backend session (the frontend is gone): the threads stop once the backend has
+   * returned their requests, the request queue comes back, DESTROY goes down it (unless the
+   * frontend's went through already).
+   */
+  async close(): Promise<void> {
     this.state = 'destroyed';
-    return this.backend.close();
+    const left = await Promise.all(this.workers.map((w) => w.exit()));
+    process.off('exit', this.onProcessExit);
+    const served = this.workers.filter((w) => w.served > 0);
+    if (served.length > 0) this.log(`served on their own threads: ${served.map((w) => `${w.name} ${w.served} requests`).join(', ')}`);
+    this.backend.reclaimRequestQueue(left.every((n) => n === 0));
+    for (const w of this.workers) w.close();
+    await this.backend.close();
+  }
+
+  // --- the request queues' threads ------------------------------------------------------
+
+  private onWorkerMessage(handle: WorkerHandle, m: WorkerMessage): void {
+    switch (m.kind) {
+      case 'log':
+        return this.log(m.line);
+      case 'trace':
+        return this.options.trace?.(m.line);
+      case 'broken':
+        return handle.broken?.(m.lastAvail);
+      case 'destroyed':
+        this.backend.destroyed = true;
+        return;
+      case 'delegate':
+        if (m.opcode === Opcode.INIT) void this.answerInit(handle, m.token, m.bytes, m.writableBytes);
+        else void this.forget(m.bytes);
+        return;
+      case 'exit':
+        return;
+    }
+  }
+
+  /** A FORGET that came on a request queue: sent on the backend's hiprio queue (nothing comes back). */
+  private async forget(bytes: Uint8Array): Promise<void> {
+    // Before INIT there is no backend session to forget anything in.
+    if (this.state !== 'ready') return;
+    const request = requestOf(bytes);
+    try {
+      await this.backend.forwardNoReply(request);
+    } catch (error) {
+      this.log(`${opcodeName(request.opcode)} unique ${request.unique}: ${(error as Error).message}`);
+    }
   }
 
   // --- hiprio ------------------------------------------------------------------------
@@ -119,62 +194,45 @@ export class ReferenceFsDevice implements DeviceModel {
     queue.complete(chain.head, 0);
   }
 
-  // --- request queues ------------------------------------------------------------
+  // --- FUSE_INIT -------------------------------------------------------------------
 
-  private async request(queue: RunningQueue, chain: Chain): Promise<void> {
-    let request: FrontendRequest;
+  /** INIT, handed over by a request queue's thread: the answer goes back to it to write. */
+  private async answerInit(handle: WorkerHandle, token: number, bytes: Uint8Array, writableBytes: number): Promise<void> {
+    const unique = new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(fuse_in_header.offsetOf('unique'), true);
     try {
-      request = this.frontendRequest(queue, chain);
-      if (chain.writableBytes < fuse_out_header.size) throw new BadRequest(`${chain.writableBytes} writable bytes, no room for a reply`);
-    } catch (error) {
-      this.log(`${queue.name}: chain ${chain.head}: ${(error as Error).message}`);
-      const unique = error instanceof BadRequest ? error.unique : undefined;
-      if (unique !== undefined && chain.writableBytes >= fuse_out_header.size) this.fail(queue, chain, unique, 'EIO');
-      else queue.complete(chain.head, 0);
-      return;
-    }
-    const { opcode, unique } = request;
-    const respond = (parts: readonly Uint8Array[]): void => this.respond(queue, chain, parts);
-    try {
-      if (opcode === Opcode.INIT) return await this.init(queue, chain, request);
-      if (this.state !== 'ready') throw new EngineFailure('EIO', `${opcodeName(opcode)} unique ${unique} before FUSE_INIT completed`);
-      if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET) {
-        // Belongs on hiprio; forwarded all the same, and returned without a reply.
-        await this.backend.forwardNoReply(request);
-        queue.complete(chain.head, 0);
-        return;
-      }
-      if (opcode === Opcode.IOCTL && this.fileattr && (await this.fileattr.serve(request, this.translation!, respond))) return;
-      await this.backend.forward(request, respond);
+      handle.answer({ kind: 'answer', token, reply: await this.init(bytes, writableBytes) });
     } catch (error) {
       if (!(error instanceof EngineFailure || error instanceof ProtocolError)) {
-        this.log(`${opcodeName(opcode)} unique ${unique}: ${(error as Error).stack ?? error}`);
+        this.log(`INIT unique ${unique}: ${(error as Error).stack ?? error}`);
       } else if (!(error instanceof EngineFailure && error.logged)) {
-        this.log(`${opcodeName(opcode)} unique ${unique}: ${error.message}`);
+        this.log(`INIT unique ${unique}: ${error.message}`);
       }
-      this.fail(queue, chain, unique, error instanceof EngineFailure ? error.errnoName : 'EIO');
+      handle.answer({ kind: 'answer', token, errno: error instanceof EngineFailure ? error.errnoName : 'EIO' });
     }
   }
 
-  private async init(queue: RunningQueue, chain: Chain, request: FrontendRequest): Promise<void> {
-    const { unique, len } = request;
+  /**
+   * Answers the client's INIT (`bytes`: the whole request). Once the backend's INIT settled the
+   * terms, every request queue's thread gets the translation and its share of the backend's
+   * request queue, before the answer goes out: the client's next requests find them ready.
+   */
+  private async init(bytes: Uint8Array, writableBytes: number): Promise<Uint8Array> {
+    const len = bytes.length;
+    const unique = new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(fuse_in_header.offsetOf('unique'), true);
     if (this.state !== 'waiting-for-init') throw new EngineFailure('EIO', `INIT while ${this.state}`);
-    const bytes = new Uint8Array(len);
-    request.read(0, bytes);
-    const client = readClientInit(new DataView(bytes.buffer), fuse_in_header.size, len - fuse_in_header.size);
+    const client = readClientInit(new DataView(bytes.buffer, bytes.byteOffset), fuse_in_header.size, len - fuse_in_header.size);
     const replyBytes = fuse_out_header.size + fuse_init_out.size;
-    if (chain.writableBytes < replyBytes) throw new EngineFailure('EIO', `INIT: ${chain.writableBytes} writable bytes, fuse_init_out needs ${replyBytes}`);
+    if (writableBytes < replyBytes) throw new EngineFailure('EIO', `INIT: ${writableBytes} writable bytes, fuse_init_out needs ${replyBytes}`);
     if (client.major < FUSE_KERNEL_VERSION) throw new EngineFailure('EIO', `INIT: client speaks FUSE ${client.major}.${client.minor}`);
-    if (client.major > FUSE_KERNEL_VERSION) {
-      // It will send another INIT in our major.
-      this.writeInit(queue, chain, unique, majorOnlyReply());
-      return;
-    }
+    // It will send another INIT in our major.
+    if (client.major > FUSE_KERNEL_VERSION) return initBytes(unique, majorOnlyReply());
     const own = this.options.arch;
     this.state = 'initialising';
     let terms;
+    let parts;
     try {
       terms = await this.backend.init(client, own);
+      parts = this.backend.lendRequestQueue(this.workers.length, this.workers.map((w) => w.wake.fd));
     } catch (error) {
       this.state = 'waiting-for-init';
       throw new EngineFailure('EIO', `backend INIT failed: ${(error as Error).message}`);
@@ -184,48 +242,9 @@ export class ReferenceFsDevice implements DeviceModel {
     this.backend.useTranslation(this.translation);
     this.negotiated = decision.outcome;
     this.log(`INIT: FUSE 7.${terms.init.minor}; ${decision.reason}`);
-    this.writeInit(queue, chain, unique, initReply(client, terms, decision, own));
+    for (const [m, w] of this.workers.entries()) w.ready({ kind: 'ready', clientArch: this.translation.client.name, backend: parts[m]! });
     this.state = 'ready';
-  }
-
-  private writeInit(queue: RunningQueue, chain: Chain, unique: bigint, out: Parameters<typeof fuse_init_out.encode>[2]): void {
-    const reply = new Uint8Array(fuse_out_header.size + fuse_init_out.size);
-    const view = new DataView(reply.buffer);
-    fuse_out_header.encode(view, 0, { len: reply.length, error: 0, unique });
-    fuse_init_out.encode(view, fuse_out_header.size, out);
-    this.respond(queue, chain, [reply]);
-  }
-
-  // --- replies ---------------------------------------------------------------------
-
-  /** Scatters the reply over the chain's writable buffers and returns the chain with its length. */
-  private respond(queue: RunningQueue, chain: Chain, parts: readonly Uint8Array[]): void {
-    const total = parts.reduce((n, p) => n + p.length, 0);
-    if (total > chain.writableBytes) throw new EngineFailure('EIO', `reply of ${total} bytes, ${chain.writableBytes} writable`);
-    let at = 0;
-    for (const part of parts) {
-      queue.write(chain, at, part);
-      at += part.length;
-    }
-    queue.complete(chain.head, total);
-  }
-
-  /**
-   * Answers with an errno the device itself produced. It is named in no
-   * encoding until now: the device's own number, carried to the client's
-   * encoding like any backend errno (before INIT, the device's own).
-   */
-  private fail(queue: RunningQueue, chain: Chain, unique: bigint, name: EngineFailure['errnoName']): void {
-    const own = this.options.arch.errno.numbers[name]!;
-    const errno = this.translation ? this.translation.errno(own) : own;
-    const reply = new Uint8Array(fuse_out_header.size);
-    fuse_out_header.encode(new DataView(reply.buffer), 0, { len: reply.length, error: -errno, unique });
-    try {
-      this.respond(queue, chain, [reply]);
-    } catch (error) {
-      // The queue stopped, or the frontend's memory went away: nothing to answer into.
-      this.log(`${queue.name}: cannot answer unique ${unique}: ${(error as Error).message}`);
-    }
+    return initBytes(unique, initReply(client, terms, decision, own));
   }
 
   /** The request's header, checked against the chain: len must be exactly the readable bytes. */
@@ -245,4 +264,25 @@ export class ReferenceFsDevice implements DeviceModel {
       read: (from, into) => queue.read(chain, from, into),
     };
   }
+}
+
+/** fuse_out_header + fuse_init_out. */
+function initBytes(unique: bigint, out: Parameters<typeof fuse_init_out.encode>[2]): Uint8Array {
+  const reply = new Uint8Array(fuse_out_header.size + fuse_init_out.size);
+  const view = new DataView(reply.buffer);
+  fuse_out_header.encode(view, 0, { len: reply.length, error: 0, unique });
+  fuse_init_out.encode(view, fuse_out_header.size, out);
+  return reply;
+}
+
+/** A request whose bytes are all here (one a request queue's thread handed over). */
+function requestOf(bytes: Uint8Array): FrontendRequest {
+  const h = fuse_in_header.decode(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  return {
+    opcode: h.opcode,
+    unique: h.unique,
+    len: bytes.length,
+    replyRoom: 0,
+    read: (from, into) => into.set(bytes.subarray(from, from + into.length)),
+  };
 }

@@ -39,13 +39,40 @@ export interface Resolved {
   readonly bytes: Uint8Array;
 }
 
+/**
+ * The mapped table as another thread of this process needs it (structured-clone safe): threads
+ * share the address space, so each views the owner's mappings at their addresses (mirror()).
+ */
+export interface MemoryMirror {
+  readonly regions: readonly (RegionDescription & { readonly mapAddress: bigint; readonly mapLength: number })[];
+}
+
 /** Largest region we map: the ArrayBuffer over it must stay below V8's limit. */
 const MAX_REGION_BYTES = 2 ** 40;
 
 export class GuestMemory {
   private closed = false;
 
-  private constructor(private readonly regions: readonly MappedRegion[]) {}
+  private constructor(
+    private readonly regions: readonly MappedRegion[],
+    /** A mirror unmaps nothing: the owner does, once no thread uses the mirror. */
+    private readonly owned = true,
+  ) {}
+
+  /** The same mappings, seen from another thread (`describe()` of the owner's table). */
+  static mirror(m: MemoryMirror): GuestMemory {
+    return new GuestMemory(
+      m.regions.map((r) => ({ ...r, bytes: new Uint8Array(viewMemory(r.mapAddress, r.mapLength), Number(r.mmapOffset), Number(r.size)) })),
+      false,
+    );
+  }
+
+  /** What another thread needs to mirror this table. */
+  describe(): MemoryMirror {
+    return {
+      regions: this.regions.map(({ guestPhysAddr, size, userspaceAddr, mmapOffset, mapAddress, mapLength }) => ({ guestPhysAddr, size, userspaceAddr, mmapOffset, mapAddress, mapLength })),
+    };
+  }
 
   /** A table with no regions (before SET_MEM_TABLE): every lookup fails. */
   static empty(): GuestMemory {
@@ -110,7 +137,7 @@ export class GuestMemory {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const r of this.regions) munmap(r.mapAddress, r.mapLength);
+    if (this.owned) for (const r of this.regions) munmap(r.mapAddress, r.mapLength);
   }
 
   private lookup(address: bigint, length: number, base: 'guestPhysAddr' | 'userspaceAddr'): Resolved | undefined {

@@ -10,8 +10,8 @@
  *
  * Prints "listening on <socket>" once a frontend may connect, serves one
  * connection, and exits (status 0) when that frontend hangs up, closing the
- * backend connection (a virtiofsd then exits too). docs/device-side.md
- * explains the parts.
+ * backend connection (a virtiofsd then exits too). Each request queue is
+ * served on a thread of its own. docs/device-side.md explains the parts.
  */
 import { parseArgs } from 'node:util';
 import { hostArch, resolveArch, type Architecture } from '../../client/arch/index.ts';
@@ -38,7 +38,10 @@ const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<soc
              serve the fileattr ioctls (lsattr, chattr) itself on this
              directory, the backend's shared one, reading each command in
              --arch's encoding (neither real virtiofsd implements FUSE_IOCTL)
-  --trace    log every request and reply, decoded`;
+  --trace    log every request and reply, decoded
+  --stall-lookup <name>:<ms>
+             (for tests) a LOOKUP of <name> holds the thread of the queue it
+             came on for <ms> ms: the other request queues' threads go on`;
 
 interface Options {
   socket: string;
@@ -48,6 +51,7 @@ interface Options {
   queues: number;
   fileattrDir: string | undefined;
   trace: boolean;
+  stall: { name: string; ms: number } | undefined;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -61,6 +65,7 @@ function parseOptions(argv: string[]): Options {
       queues: { type: 'string', default: '1' },
       'fileattr-dir': { type: 'string' },
       trace: { type: 'boolean', default: false },
+      'stall-lookup': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -73,7 +78,14 @@ function parseOptions(argv: string[]): Options {
   if (!ARCH_ANSWERS.includes(values.answer as ArchAnswer)) throw new UsageError(`--answer ${values.answer}: expected ${ARCH_ANSWERS.join(', ')}`);
   const queues = Number(values.queues);
   if (!Number.isInteger(queues) || queues < 1 || queues > 64) throw new UsageError(`--queues ${values.queues}: expected 1..64`);
+  let stall: Options['stall'];
+  if (values['stall-lookup'] !== undefined) {
+    const m = /^(.+):(\d+)$/.exec(values['stall-lookup']);
+    if (!m) throw new UsageError(`--stall-lookup ${values['stall-lookup']}: expected <name>:<ms>`);
+    stall = { name: m[1]!, ms: Number(m[2]) };
+  }
   return {
+    stall,
     socket: values.socket,
     backend: values.backend,
     arch: values.arch ? resolveArch(values.arch) : hostArch(),
@@ -104,7 +116,7 @@ async function main(): Promise<void> {
   } catch (error) {
     throw new Error(`cannot reach the backend ${options.backend}: ${(error as Error).message}`);
   }
-  const device = new ReferenceFsDevice(backend, { arch: options.arch, answer: options.answer, requestQueues: options.queues, log, trace, fileattrDir: options.fileattrDir });
+  const device = new ReferenceFsDevice(backend, { arch: options.arch, answer: options.answer, requestQueues: options.queues, log, trace, fileattrDir: options.fileattrDir, stall: options.stall });
   const listener = Listener.listen(options.socket);
   let server: VhostUserBackend | undefined;
   let stopping = false;

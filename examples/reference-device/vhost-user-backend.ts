@@ -11,7 +11,10 @@
  * closing the socket ends the device.
  *
  * This file knows rings and memory, not FUSE: the device model (fs-device.ts)
- * gets a RunningQueue when a queue starts and is told when it is kicked.
+ * gets a RunningQueue when a queue starts and is told when it is kicked, or
+ * serves the queue on a thread of its own (QueueThread): the thread then
+ * waits on the kick eventfd itself, and this file hands it the ring, the
+ * eventfds and the memory, and takes them back.
  */
 import { isErrnoError } from '../../ffi/errno.ts';
 import { close as closeFd, readEventFdCounter, writeEventFdCounter } from '../../ffi/libc.ts';
@@ -38,7 +41,7 @@ import {
 } from '../../client/transport/vhost-user/messages.ts';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, hasFeature } from '../../client/virtio/features.ts';
 import { isValidQueueSize } from '../../client/virtio/ring-layout.ts';
-import { DeviceRing, RingBrokenError, readChain, writeChain, type Chain, type Popped } from './device-ring.ts';
+import { DeviceRing, RingBrokenError, readChain, writeChain, type Chain, type Popped, type RingConfig } from './device-ring.ts';
 import { GuestMemory } from './guest-memory.ts';
 
 /** What a vhost-user backend offers: virtio 1.x rings, both ring features, protocol features. */
@@ -60,6 +63,31 @@ export interface DeviceModel {
   queueKicked(queue: RunningQueue): void;
   /** The queue stopped (GET_VRING_BASE, hang-up): its chains in flight will not be returned. */
   queueStopped(queue: RunningQueue): void;
+  /**
+   * Queue `index` is to be served on a thread of its own: the thread, or undefined (this thread
+   * serves it). `broken` is to be called on this thread when the queue's thread found the ring
+   * damaged (it stopped serving it and signalled the error eventfd), with the avail index to resume from.
+   */
+  queueThread?(index: number, broken: (lastAvail: number) => void): QueueThread | undefined;
+}
+
+/** A queue's eventfds as a thread needs them (the numbers: threads share the descriptor table). */
+export interface QueueFds {
+  kick: number;
+  call: number | undefined;
+  err: number | undefined;
+}
+
+/** A queue served on another thread: what this file asks of it (each call returns once the thread has done it). */
+export interface QueueThread {
+  /** Starts serving the ring; false when the thread could not (it logged why). */
+  attach(ring: RingConfig, memory: GuestMemory, fds: QueueFds): boolean;
+  /** Stops serving it; returns the avail index to resume from (-1: unknown). Replies still to come are dropped. */
+  detach(): number;
+  /** The thread uses these eventfds from now on (the old ones may be closed). */
+  replaceFds(fds: QueueFds): void;
+  /** A new memory table (the old one is unmapped after this); false when the ring is not in it (the thread stopped serving it). */
+  remap(memory: GuestMemory): boolean;
 }
 
 /**
@@ -161,6 +189,9 @@ interface QueueState {
   errFd?: number;
   enabled: boolean;
   running?: RunningQueue;
+  /** Served on this thread while set and `threaded`. */
+  thread?: QueueThread;
+  threaded?: boolean;
 }
 
 /** A message refused: the frontend gets a failed REPLY_ACK (when it asked for one), the log the reason. */
@@ -308,19 +339,23 @@ export class VhostUserBackend {
           if (request === Request.SET_VRING_KICK) {
             // Without a kick fd we would have to poll the ring: not supported by this reference.
             if (fd === undefined) throw new Refused('polling mode (no kick fd) is not supported');
-            if (q.kickFd !== undefined) {
-              sharedPoller().unwatch(q.kickFd);
-              closeFd(q.kickFd);
-            }
+            const old = q.kickFd;
+            if (old !== undefined) sharedPoller().unwatch(old);
             q.kickFd = fd;
+            // A queue's thread lets go of the old fd before it is closed.
+            if (q.threaded) q.thread!.replaceFds(this.fdsOf(q));
+            if (old !== undefined) closeFd(old);
             if (q.running) return this.watchKick(q, q.running);
+            if (q.threaded) return;
             // Without protocol features, a ring is enabled as soon as it starts.
             if (!(this.features & VHOST_USER_F_PROTOCOL_FEATURES)) q.enabled = true;
             return this.maybeStart(q);
           }
           const field = request === Request.SET_VRING_CALL ? 'callFd' : 'errFd';
-          if (q[field] !== undefined) closeFd(q[field]!);
+          const old = q[field];
           q[field] = fd;
+          if (q.threaded) q.thread!.replaceFds(this.fdsOf(q));
+          if (old !== undefined) closeFd(old);
           return;
         }
         case Request.SET_VRING_ENABLE: {
@@ -367,6 +402,11 @@ export class VhostUserBackend {
     const old = this.memoryTable;
     this.memoryTable = memory;
     for (const q of this.queues) {
+      if (q.threaded && !q.thread!.remap(memory)) {
+        // The thread logged why and stopped serving the ring.
+        this.stopQueue(q);
+        this.signalError(q);
+      }
       if (!q.running) continue;
       try {
         q.running.deviceRing.remap(memory);
@@ -383,7 +423,7 @@ export class VhostUserBackend {
 
   /** Starts the queue once it has everything: size, addresses, memory, kick fd, enabled. */
   private maybeStart(q: QueueState): void {
-    if (q.running || !q.enabled || q.kickFd === undefined || q.size === undefined || !q.addresses) return;
+    if (q.running || q.threaded || !q.enabled || q.kickFd === undefined || q.size === undefined || !q.addresses) return;
     if (this.memoryTable.regionCount === 0) return;
     const name = q.index === 0 ? 'hiprio' : `request${q.index - 1}`;
     if (!(this.features & VIRTIO_F_VERSION_1)) {
@@ -391,16 +431,23 @@ export class VhostUserBackend {
       this.signalError(q);
       return;
     }
+    const config: RingConfig = {
+      name,
+      size: q.size,
+      ...q.addresses,
+      eventIdx: hasFeature(this.features, VIRTIO_RING_F_EVENT_IDX),
+      indirect: hasFeature(this.features, VIRTIO_RING_F_INDIRECT_DESC),
+      lastAvailIdx: q.base,
+    };
+    q.thread ??= this.device.queueThread?.(q.index, (lastAvail) => this.threadBroken(q, lastAvail));
+    if (q.thread) {
+      if (!q.thread.attach(config, this.memoryTable, this.fdsOf(q))) return this.signalError(q);
+      q.threaded = true;
+      return;
+    }
     let ring: DeviceRing;
     try {
-      ring = new DeviceRing(this.memoryTable, {
-        name,
-        size: q.size,
-        ...q.addresses,
-        eventIdx: hasFeature(this.features, VIRTIO_RING_F_EVENT_IDX),
-        indirect: hasFeature(this.features, VIRTIO_RING_F_INDIRECT_DESC),
-        lastAvailIdx: q.base,
-      });
+      ring = new DeviceRing(this.memoryTable, config);
     } catch (error) {
       this.log(`${name}: cannot start: ${(error as Error).message}`);
       this.signalError(q);
@@ -432,8 +479,25 @@ export class VhostUserBackend {
     }
   }
 
+  private fdsOf(q: QueueState): QueueFds {
+    return { kick: q.kickFd!, call: q.callFd, err: q.errFd };
+  }
+
+  /** The queue's thread found its ring damaged: it stopped and signalled the error eventfd already. */
+  private threadBroken(q: QueueState, lastAvail: number): void {
+    if (!q.threaded) return;
+    q.threaded = false;
+    if (lastAvail >= 0) q.base = lastAvail;
+  }
+
   /** Stops the queue; returns the avail index to resume from. */
   private stopQueue(q: QueueState): number {
+    if (q.threaded) {
+      q.threaded = false;
+      const base = q.thread!.detach();
+      if (base >= 0) q.base = base;
+      return q.base;
+    }
     const running = q.running;
     if (!running) return q.base;
     q.running = undefined;

@@ -173,6 +173,31 @@ test('--queues 2 through a mount: the relay runs one thread per request queue, e
   }
 });
 
+test('--queues 2: each request queue has a thread of its own: while one is held (--stall-lookup), the other\'s requests complete', async (t) => {
+  const STALL_MS = 4000;
+  await withReferenceDevice(t, { device: ['--queues', '2', '--stall-lookup', `held:${STALL_MS}`], client: { requestQueues: 2 } }, async ({ client, device }) => {
+    await client.mkdir(ROOT, 'a', 0o755);
+    const t0 = performance.now();
+    // The client puts requests on its queues in turn: the held LOOKUP on one, then one GETATTR on
+    // each. The held queue's thread sleeps; the other's GETATTR must not wait for it.
+    const held = client.lookup(ROOT, 'held').then(
+      () => performance.now() - t0,
+      () => performance.now() - t0,
+    );
+    await sleep(200);
+    const getattrs = [0, 1].map(() => client.getattr(ROOT).then(() => performance.now() - t0));
+    const first = await Promise.race(getattrs);
+    const heldMs = await held;
+    const both = await Promise.all(getattrs);
+    t.log(`held LOOKUP answered after ${heldMs.toFixed(0)} ms; GETATTRs after ${both.map((ms) => ms.toFixed(0)).join(' and ')} ms`);
+    t.true(device.output.some((l) => /request\d: LOOKUP held: holding this thread/.test(l)), device.output.join('\n'));
+    t.true(heldMs >= STALL_MS - 100, 'the LOOKUP was held');
+    t.true(first < heldMs - STALL_MS / 4, `one GETATTR was answered while the other queue's thread was held (after ${first.toFixed(0)} ms)`);
+    t.true(Math.max(...both) >= STALL_MS - 300, 'the GETATTR behind the held LOOKUP waited for it: each queue is served in order by its thread');
+    t.true((await client.getattr(ROOT)).ino > 0, 'both threads serve on afterwards');
+  });
+});
+
 // The fileattr ioctls (lsattr, chattr) through a ppc64 device: Debian's ppc64el virtiofsd under
 // qemu-user behind the reference device as ppc64, which serves these ioctls itself on the
 // virtiofsd's directory (neither real virtiofsd implements FUSE_IOCTL: both answer ENOSYS), reading
