@@ -1,7 +1,8 @@
 // The guest kernel's own virtio_fs driver and this client, side by side in one QEMU guest boot, over
 // the same virtio-fs PCI function (QEMU's vhost-user-fs-pci, QEMU 7.2's virtiofsd on the host): the
-// kernel first (the function bound to virtio_pci), then the client over VFIO in no-IOMMU mode (or
-// UIO), the same workloads on the same files. Prints each figure and client/kernel.
+// kernel first (the function bound to virtio_pci), then libfuse's C passthrough_ll on top of the
+// kernel's mount (what one userspace FUSE hop costs a C program here), then the client over VFIO in
+// no-IOMMU mode (or UIO), the same workloads on the same files. Prints each figure and X/kernel.
 // Under TCG (no usable KVM here) absolute figures mean little: the ratio, from one boot, is the
 // figure. Never a timed test.
 // Run: npm run bench:guest [-- --seconds 5 --transport vfio|uio|both]
@@ -9,7 +10,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import { GUEST_SH, runInGuest } from '../test/helpers/vm.ts';
+import { Cleanup } from './lib/cleanup.ts';
+import { buildPassthroughLl } from './lib/passthrough-ll.ts';
 
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: '5' }, transport: { type: 'string', default: 'vfio' } } });
 const seconds = Number(values.seconds);
@@ -73,21 +77,33 @@ const clientRun = (transport: string) => `
   vm_wait_relay_exit /tmp/mnt-${transport} || exit 1
 `;
 
-const script = `
+const guestScript = (PASSTHROUGH_LL: string) => `
   ${GUEST_SH.modprobe('fuse')}
   ${GUEST_SH.findVirtiofsBdf}
   vm_step kernel-mount 30
   ${GUEST_SH.mountVirtiofs('/tmp/mnt-kernel')}
   ${workloads('kernel', '/tmp/mnt-kernel')}
+  # The C analog of a userspace client: libfuse's passthrough_ll relaying a FUSE mount to the
+  # kernel's virtio_fs mount. One userspace hop through /dev/fuse, as ours, with the kernel's
+  # virtio path behind it (ours does virtio itself).
+  vm_step ptll-mount 30
+  mkdir -p /tmp/mnt-ptll
+  ${PASSTHROUGH_LL} -f -o source=/tmp/mnt-kernel -o cache=auto /tmp/mnt-ptll &
+  for i in $(seq 100); do grep -q ' /tmp/mnt-ptll fuse' /proc/mounts && break; sleep 0.2; done
+  ${workloads('ptll', '/tmp/mnt-ptll')}
+  fusermount3 -u /tmp/mnt-ptll; wait
   umount /tmp/mnt-kernel
   ${transports.map(clientRun).join('\n')}
 `;
 
+const CACHE_DIR = fileURLToPath(new URL('../node_modules/.cache/virtiofs-bench/', import.meta.url));
+const cleanup = new Cleanup();
 const shared = mkdtempSync(join(tmpdir(), 'vfs-bench-guest-'));
 try {
   writeFileSync(join(shared, 'rand.dat'), Buffer.alloc(RAND_MIB << 20, 0x5a));
   const load = loadavg()[0]!.toFixed(2);
-  const run = await runInGuest({ script, sharedDir: shared, timeoutMs: 1_800_000, defaultBudget: 60, label: 'bench:guest', onConsole: (l) => process.env.VERBOSE && console.error(l) });
+  const passthroughLl = await buildPassthroughLl(cleanup, CACHE_DIR);
+  const run = await runInGuest({ script: guestScript(passthroughLl), sharedDir: shared, timeoutMs: 1_800_000, defaultBudget: 60, label: 'bench:guest', onConsole: (l) => process.env.VERBOSE && console.error(l) });
   if (run.exitCode !== 0) throw new Error(`the guest script failed (${run.exitCode}):\n${run.output}`);
   const results = new Map<string, { bytes: number; ops: number }>();
   for (const line of run.output.split('\n')) {
@@ -104,10 +120,11 @@ try {
   console.log(
     `guest: ${run.artifacts.kernelRelease}, ${run.accelerator.accel} (${run.accelerator.why}), 2 vCPUs, 1 GiB; device: vhost-user-fs-pci, QEMU 7.2 virtiofsd (cache=auto); host: ${cpus().length} CPUs, load ${load} at the start; boot ${(run.bootMs / 1000).toFixed(1)} s, whole run ${(run.durationMs / 1000).toFixed(0)} s`,
   );
-  const header = ['workload', 'kernel', ...transports.flatMap((t) => [t, `${t}/kernel`])];
+  const columns = ['ptll', ...transports];
+  const header = ['workload', 'kernel', ...columns.flatMap((t) => [t === 'ptll' ? 'C passthrough_ll over kernel' : t, `${t === 'ptll' ? 'C' : t}/kernel`])];
   const rows = WORKLOADS.map((w) => {
     const k = figure('kernel', w.key);
-    const cells = transports.flatMap((t) => {
+    const cells = columns.flatMap((t) => {
       const c = figure(t, w.key);
       return [c === undefined ? '-' : c.toFixed(1), c === undefined || !k ? '-' : (c / k).toFixed(3)];
     });
@@ -120,4 +137,5 @@ try {
   for (const line of run.output.split('\n')) if (line.startsWith('STATUS ')) console.log(line.slice('STATUS '.length).trimEnd());
 } finally {
   rmSync(shared, { recursive: true, force: true });
+  await cleanup.run();
 }
