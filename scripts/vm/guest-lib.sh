@@ -6,6 +6,7 @@
 #   VM_VFIO_NOIOMMU_KO    vfio.ko rebuilt with CONFIG_VFIO_NOIOMMU (Debian's has it off)
 #   VM_IOMMU              none | intel
 #   VM_VIRTIOFS_TAG       the virtio-fs device's tag
+#   VM_HOSTVIEW_BDF       the second virtio-fs function (hostview), when the harness adds one
 #   VM_TOKEN              this run's token, for the console markers
 #   VM_NODE_TS, VM_CLI    how to start node on a TypeScript file, and the virtiofs-client command
 # Every function keeps its variables local, prints what went wrong to stderr and returns non-zero
@@ -52,7 +53,7 @@ vm_pci_find() {
 # vm_virtiofs_bdf: prints the BDF of the (first) virtio-fs function, 1af4:105a.
 vm_virtiofs_bdf() {
   local bdf
-  bdf=$(vm_pci_find "$VM_VIRTIOFS_VENDOR" "$VM_VIRTIOFS_DEVICE" | head -n 1)
+  bdf=$(vm_pci_find "$VM_VIRTIOFS_VENDOR" "$VM_VIRTIOFS_DEVICE" | grep -vx "${VM_HOSTVIEW_BDF:-none}" | head -n 1)
   if [ -z "$bdf" ]; then
     echo "vm_virtiofs_bdf: no PCI function 1af4:105a" >&2
     return 1
@@ -142,6 +143,13 @@ vm_bind_vfio() {
 vm_mount_virtiofs() {
   vm_modprobe virtiofs || return 1
   mkdir -p "$1" && mount -t virtiofs "$VM_VIRTIOFS_TAG" "$1"
+}
+
+# vm_mount_hostview DIR: mounts the second virtio-fs function (tag hostview, the harness's hostView
+# option) with the guest kernel's driver: the host's files, seen beside the mount under test.
+vm_mount_hostview() {
+  vm_modprobe virtiofs || return 1
+  mkdir -p "$1" && mount -t virtiofs hostview "$1"
 }
 
 # vm_relay_pid MOUNTPOINT: prints the pid of the `mount --foreground` relay process serving MOUNTPOINT

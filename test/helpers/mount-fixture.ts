@@ -363,7 +363,7 @@ export async function withMount(
   if (failure !== undefined) throw failure;
 }
 
-function startBackground(script: string, cwd: string, env: Record<string, string>): Background {
+export function startBackground(script: string, cwd: string, env: Record<string, string>): Background {
   const child = spawn('bash', ['-c', `set -euo pipefail\n${script}`], { cwd, env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';

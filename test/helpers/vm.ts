@@ -30,6 +30,9 @@ import { guestAccelerator, type Accelerator } from './kvm.ts';
 
 export { formatSteps, type GuestStep } from './guest-steps.ts';
 
+/** Where RunInGuestOptions.hostView puts its function. */
+const HOSTVIEW_BDF = '0000:00:10.0';
+
 /** The checkout the guest runs scripts in (seen through the 9p host root). */
 export const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 export const VM_BUILD_SCRIPT = join(REPO_ROOT, 'scripts/vm/build.sh');
@@ -88,6 +91,8 @@ export const GUEST_SH = {
   bindVfio: 'VFIO=$(vm_bind_vfio "$BDF") || exit 1',
   /** Mounts the device with the guest kernel's own virtiofs driver (while bound to virtio_pci). */
   mountVirtiofs: (dir: string) => `vm_mount_virtiofs ${shellQuote(dir)} || exit 1`,
+  /** Mounts the hostView function (RunInGuestOptions.hostView) with the guest kernel's virtiofs driver. */
+  mountHostView: (dir: string) => `vm_mount_hostview ${shellQuote(dir)} || exit 1`,
 } as const;
 
 export interface VmArtifacts {
@@ -153,6 +158,13 @@ export interface RunInGuestOptions {
    * makes the group not viable until that device is unbound.
    */
   fsBehindBridge?: boolean;
+  /**
+   * A second virtio-fs function on the same shared directory (tag 'hostview', at 0000:00:10.0, its
+   * own virtiofsd with cache=none and virtiofsdOptions otherwise): mounted by the guest kernel
+   * (vm_mount_hostview), it is a view of the host's files beside the mount under test.
+   * vm_virtiofs_bdf never names it.
+   */
+  hostView?: boolean;
   /** Every console line as it arrives (kernel messages included). */
   onConsole?: (line: string) => void;
 }
@@ -326,6 +338,7 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
     VM_VFIO_NOIOMMU_KO: artifacts.vfioNoiommuKo,
     VM_IOMMU: iommu,
     VM_VIRTIOFS_TAG: tag,
+    ...(options.hostView ? { VM_HOSTVIEW_BDF: HOSTVIEW_BDF } : {}),
     VM_TOKEN: token,
     VM_NODE_TS: GUEST_NODE.ts,
     VM_CLI: GUEST_NODE.cli,
@@ -347,6 +360,7 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
 
   let lock: GuestLock | undefined;
   let daemon: Virtiofsd | undefined;
+  let hostView: Virtiofsd | undefined;
   let qemu: ChildProcess | undefined;
   let watch: NodeJS.Timeout | undefined;
   try {
@@ -356,6 +370,9 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
     const started = Date.now();
     const accelerator = guestAccelerator();
     daemon = await Virtiofsd.start({ ...options.virtiofsdOptions, sharedDir: options.sharedDir, socketPath: join(work, 'vhost.sock') });
+    if (options.hostView) {
+      hostView = await Virtiofsd.start({ ...options.virtiofsdOptions, cache: 'none', sharedDir: options.sharedDir, socketPath: join(work, 'hostview.sock') });
+    }
     const append = [
       'console=ttyS0',
       'panic=-1',
@@ -388,6 +405,7 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
       '-chardev', `socket,id=c0,path=${daemon.socketPath}`,
       ...(options.fsBehindBridge ? ['-device', 'pcie-pci-bridge,id=fsbridge'] : []),
       '-device', `vhost-user-fs-pci,chardev=c0,tag=${tag}${options.fsBehindBridge ? ',bus=fsbridge,addr=1' : ''}`,
+      ...(hostView ? ['-chardev', `socket,id=c1,path=${hostView.socketPath}`, '-device', `vhost-user-fs-pci,chardev=c1,tag=hostview,addr=0x${HOSTVIEW_BDF.slice(8, 10)}`] : []),
       '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
       '-kernel', artifacts.vmlinux,
       '-initrd', artifacts.initrd,
@@ -496,6 +514,7 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
     clearInterval(watch);
     if (qemu && qemu.exitCode === null && qemu.signalCode === null) qemu.kill('SIGKILL');
     await daemon?.stop();
+    await hostView?.stop();
     lock?.release();
     rmSync(work, { recursive: true, force: true });
   }
