@@ -18,6 +18,7 @@ import type { Architecture } from '../../client/arch/index.ts';
 import type { WireTranslation } from '../../client/fuse/wire-translation.ts';
 import { FUSE_KERNEL_VERSION, Opcode, ProtocolError, fuse_in_header, fuse_init_out, fuse_out_header, opcodeName } from '../../client/protocol/index.ts';
 import { EngineFailure } from '../../client/fuse/engine.ts';
+import { DEFAULT_POLL_US } from '../../client/virtio/virtio-fs-device.ts';
 import { BackendRelay, type FrontendRequest } from './backend-relay.ts';
 import type { Chain } from './device-ring.ts';
 import { decideArch, initReply, majorOnlyReply, readClientInit, translationFor, type ArchAnswer } from './negotiation.ts';
@@ -40,6 +41,8 @@ export interface FsDeviceOptions {
   fileattrDir?: string;
   /** Test hook (--stall-lookup): a LOOKUP of this name holds its queue's thread for `ms`. */
   stall?: { name: string; ms: number };
+  /** How long a request queue's thread polls for the backend's reply before sleeping (us; 0: never). */
+  pollUs?: number;
 }
 
 /** A chain that does not hold a well-formed request; `unique` when the header could be read. */
@@ -62,7 +65,7 @@ export class ReferenceFsDevice implements DeviceModel {
   private readonly log: (line: string) => void;
   /** What the arch negotiation settled, for logs and tests. */
   negotiated: string | undefined;
-  /** One thread per request queue offered, started now (a frontend's set-up then waits for none). */
+  /** One thread per request queue offered, started when its queue first starts. */
   private readonly workers: WorkerHandle[];
   private readonly onProcessExit = (): void => {
     for (const w of this.workers) void w.exit();
@@ -82,6 +85,7 @@ export class ReferenceFsDevice implements DeviceModel {
           trace: options.trace !== undefined,
           fileattrDir: options.fileattrDir,
           stall: options.stall,
+          pollUs: options.pollUs ?? DEFAULT_POLL_US,
           log: options.log,
           onMessage: (handle, message) => this.onWorkerMessage(handle, message),
         }),
@@ -132,7 +136,10 @@ export class ReferenceFsDevice implements DeviceModel {
     const left = await Promise.all(this.workers.map((w) => w.exit()));
     process.off('exit', this.onProcessExit);
     const served = this.workers.filter((w) => w.served > 0);
-    if (served.length > 0) this.log(`served on their own threads: ${served.map((w) => `${w.name} ${w.served} requests`).join(', ')}`);
+    if (served.length > 0) {
+      const each = served.map((w) => `${w.name} ${w.served} requests (${w.routed} replies handed over by another thread)`);
+      this.log(`served on their own threads: ${each.join(', ')}`);
+    }
     this.backend.reclaimRequestQueue(left.every((n) => n === 0));
     for (const w of this.workers) w.close();
     await this.backend.close();

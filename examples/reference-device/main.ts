@@ -22,7 +22,7 @@ import { Listener } from './listener.ts';
 import { ARCH_ANSWERS, type ArchAnswer } from './negotiation.ts';
 import { VhostUserBackend } from './vhost-user-backend.ts';
 
-const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<socket> [--arch <name>] [--answer translate|canonical|legacy|device] [--queues <n>] [--fileattr-dir <dir>] [--trace]
+const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<socket> [--arch <name>] [--answer translate|canonical|legacy|device] [--queues <n>] [--fileattr-dir <dir>] [--poll-us <us>] [--trace]
 
   --socket   where to listen for the vhost-user frontend
   --backend  the real device to relay to (a running virtiofsd)
@@ -38,6 +38,8 @@ const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<soc
              serve the fileattr ioctls (lsattr, chattr) itself on this
              directory, the backend's shared one, reading each command in
              --arch's encoding (neither real virtiofsd implements FUSE_IOCTL)
+  --poll-us  how long a request queue's thread polls for the backend's reply
+             before it sleeps, in us (default 50; 0: never)
   --trace    log every request and reply, decoded
   --stall-lookup <name>:<ms>
              (for tests) a LOOKUP of <name> holds the thread of the queue it
@@ -52,6 +54,7 @@ interface Options {
   fileattrDir: string | undefined;
   trace: boolean;
   stall: { name: string; ms: number } | undefined;
+  pollUs: number;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -66,6 +69,7 @@ function parseOptions(argv: string[]): Options {
       'fileattr-dir': { type: 'string' },
       trace: { type: 'boolean', default: false },
       'stall-lookup': { type: 'string' },
+      'poll-us': { type: 'string', default: '50' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -78,6 +82,8 @@ function parseOptions(argv: string[]): Options {
   if (!ARCH_ANSWERS.includes(values.answer as ArchAnswer)) throw new UsageError(`--answer ${values.answer}: expected ${ARCH_ANSWERS.join(', ')}`);
   const queues = Number(values.queues);
   if (!Number.isInteger(queues) || queues < 1 || queues > 64) throw new UsageError(`--queues ${values.queues}: expected 1..64`);
+  const pollUs = Number(values['poll-us']);
+  if (!Number.isInteger(pollUs) || pollUs < 0 || pollUs > 1_000_000) throw new UsageError(`--poll-us ${values['poll-us']}: expected 0..1000000`);
   let stall: Options['stall'];
   if (values['stall-lookup'] !== undefined) {
     const m = /^(.+):(\d+)$/.exec(values['stall-lookup']);
@@ -86,6 +92,7 @@ function parseOptions(argv: string[]): Options {
   }
   return {
     stall,
+    pollUs,
     socket: values.socket,
     backend: values.backend,
     arch: values.arch ? resolveArch(values.arch) : hostArch(),
@@ -116,7 +123,7 @@ async function main(): Promise<void> {
   } catch (error) {
     throw new Error(`cannot reach the backend ${options.backend}: ${(error as Error).message}`);
   }
-  const device = new ReferenceFsDevice(backend, { arch: options.arch, answer: options.answer, requestQueues: options.queues, log, trace, fileattrDir: options.fileattrDir, stall: options.stall });
+  const device = new ReferenceFsDevice(backend, { arch: options.arch, answer: options.answer, requestQueues: options.queues, log, trace, fileattrDir: options.fileattrDir, stall: options.stall, pollUs: options.pollUs });
   const listener = Listener.listen(options.socket);
   let server: VhostUserBackend | undefined;
   let stopping = false;

@@ -18,11 +18,13 @@
  * (receiveMessageOnPort) when the wake eventfd rings; the ones the main thread waits for are
  * acknowledged through shared memory.
  */
+import { performance } from 'node:perf_hooks';
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { resolveArch, type Architecture } from '../../client/arch/index.ts';
 import { EngineFailure, ReplySpace, RequestEngine, isRelayable } from '../../client/fuse/engine.ts';
 import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM, WRITE_HEAD } from '../../client/fuse/slot-layout.ts';
 import { WireTranslation } from '../../client/fuse/wire-translation.ts';
+import { PollAdvisor } from '../../client/frontend/poll-advisor.ts';
 import { describeReply, describeRequest } from '../../client/frontend/trace.ts';
 import { Opcode, ProtocolError, fuse_attr, fuse_attr_out, fuse_getattr_in, fuse_in_header, fuse_out_header, messageShape, opcodeName } from '../../client/protocol/index.ts';
 import { QueueShare, memberRange, type QueueShareLayout } from '../../client/virtio/queue-share.ts';
@@ -39,9 +41,10 @@ import { GuestMemory, type MemoryMirror } from './guest-memory.ts';
 /** Int32 words of WorkerSetup.control. */
 export const CTL_POSTED = 0; // commands posted by the main thread
 export const CTL_ACK = 1; // the last command (its seq) this thread has carried out
-export const CTL_RESULT = 2; // detach: the avail index to resume from; attach/remap: -1 failed
+export const CTL_RESULT = 2; // detach: the avail index to resume from; remap: -1 failed
 export const CTL_SERVED = 3; // requests taken off the frontend's ring
-export const CTL_WORDS = 4;
+export const CTL_ROUTED = 4; // backend replies of this thread's another thread took off the used ring
+export const CTL_WORDS = 5;
 
 export interface WorkerSetup {
   /** 'request0', ... */
@@ -59,6 +62,11 @@ export interface WorkerSetup {
   ready: ReadyCommand | undefined;
   /** Test hook (--stall-lookup): a LOOKUP of this name holds this thread for `ms`. */
   stall: { name: string; ms: number } | undefined;
+  /**
+   * Before sleeping with requests at the backend, poll its used ring this long (us), as the
+   * relay's queue threads do (client/frontend/poll-advisor.ts decides when it pays). 0: never.
+   */
+  pollUs: number;
 }
 
 /** The backend's request queue and this worker's part of it. */
@@ -165,6 +173,8 @@ export class QueueWorker {
   private free = new Int32Array(0);
   private freeCount = 0;
   private inFlight = 0;
+  private submittedAt = new Float64Array(0);
+  private advisor: PollAdvisor | undefined;
 
   private readonly delegated = new Map<number, Delegated>();
   private nextToken = 1;
@@ -228,6 +238,13 @@ export class QueueWorker {
   private sleep(timeoutMs: number): void {
     if (this.commandsPending()) return;
     const share = this.share;
+    if (share && this.inFlight > 0 && this.advisor!.pollForCompletion) {
+      // A wake-up costs tens of us on these machines, more than a small request at the backend.
+      const end = performance.now() + this.setup.pollUs / 1000;
+      do {
+        if (share.hasUsed() || share.hasInbox() || share.broken || this.commandsPending()) return;
+      } while (performance.now() < end);
+    }
     if (share && !share.goingToSleep()) return;
     epollWait(this.epfd, this.events, timeoutMs);
     share?.awake();
@@ -244,7 +261,7 @@ export class QueueWorker {
       const c = m.message as WorkerCommand;
       switch (c.kind) {
         case 'attach': {
-          let result = 0;
+          // Not waited for by the main thread: a ring that cannot be served is reported as broken.
           try {
             this.memory = GuestMemory.mirror(c.memory);
             this.ring = new DeviceRing(this.memory, c.ring);
@@ -252,11 +269,14 @@ export class QueueWorker {
             this.callFd = c.callFd;
             this.errFd = c.errFd;
           } catch (error) {
-            this.log(`${this.setup.name}: cannot start: ${(error as Error).message}`);
+            const reason = `cannot start: ${(error as Error).message}`;
+            this.log(`${this.setup.name}: ${reason}`);
             this.ring = undefined;
-            result = -1;
+            this.resumeAt = c.ring.lastAvailIdx;
+            if (c.errFd !== undefined) signalEventFd(c.errFd);
+            this.post({ kind: 'broken', reason, lastAvail: c.ring.lastAvailIdx });
           }
-          this.ack(c.seq, result);
+          this.ack(c.seq, 0);
           break;
         }
         case 'detach':
@@ -366,6 +386,8 @@ export class QueueWorker {
     this.uniqueHigh = new Uint32Array(count);
     this.slotKind = new Uint8Array(count);
     this.free = new Int32Array(count);
+    this.submittedAt = new Float64Array(count);
+    this.advisor = new PollAdvisor(count, this.setup.pollUs);
     for (let s = 0; s < count; s++) {
       const offset = slotOffsets[s]!;
       const bytes = region.bytes.subarray(offset, offset + loan.slotSize);
@@ -499,6 +521,8 @@ export class QueueWorker {
     toRegion(this.engine!.writableSegments(space), base, this.regionWritable);
     if (!this.queue!.add(this.regionReadable, this.regionWritable, s)) throw new EngineFailure('EIO', `${this.queue!.name} has no free descriptors`);
     this.inFlight++;
+    this.submittedAt[s] = performance.now();
+    this.advisor!.submitted(s, this.readable[1]! + this.readable[3]! + space.room.data);
   }
 
   /**
@@ -601,7 +625,7 @@ export class QueueWorker {
     if (!share) return;
     if (!this.backendBroken) {
       share.harvest(this.onEntry);
-      share.takeInbox(this.onEntry);
+      share.takeInbox(this.onRouted);
     }
     if (share.broken && !this.backendBroken) this.failBackend();
   }
@@ -611,6 +635,7 @@ export class QueueWorker {
     this.backendBroken = true;
     this.queue!.failAll('backend failed', (s) => {
       this.inFlight--;
+      this.advisor!.completed(s, 0, false);
       this.failSlot(s, new EngineFailure('EIO', 'backend failed', true));
     });
   }
@@ -624,8 +649,14 @@ export class QueueWorker {
     }
   };
 
+  private readonly onRouted = (position: number, id: number, len: number): void => {
+    Atomics.add(this.control, CTL_ROUTED, 1);
+    this.onEntry(position, id, len);
+  };
+
   private readonly onUsed = (s: number, usedLen: number): void => {
     this.inFlight--;
+    this.advisor!.completed(s, (performance.now() - this.submittedAt[s]!) * 1000, true);
     const opcode = this.opcodes[s]!;
     const view = this.slotViews[s]!;
     const engine = this.engine!;
@@ -665,6 +696,7 @@ export class QueueWorker {
     const s = problem.token;
     if (s === undefined) return;
     this.inFlight--;
+    this.advisor!.completed(s, 0, false);
     this.failSlot(s, this.engine!.usedLenFailure(this.opcodes[s]!, this.unique(s), problem.reason));
   };
 

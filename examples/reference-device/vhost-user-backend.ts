@@ -80,7 +80,10 @@ export interface QueueFds {
 
 /** A queue served on another thread: what this file asks of it (each call returns once the thread has done it). */
 export interface QueueThread {
-  /** Starts serving the ring; false when the thread could not (it logged why). */
+  /**
+   * Starts serving the ring; false when the thread cannot (it logged why). A thread may also find
+   * later that it cannot, and report the ring as broken (signalling the error eventfd itself).
+   */
   attach(ring: RingConfig, memory: GuestMemory, fds: QueueFds): boolean;
   /** Stops serving it; returns the avail index to resume from (-1: unknown). Replies still to come are dropped. */
   detach(): number;

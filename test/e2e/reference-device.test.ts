@@ -50,7 +50,11 @@ async function startDevice(backendSocket: string, socket: string, args: string[]
   const output: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`reference device did not listen in 20 s:\n${output.join('\n')}`)), 20_000);
+    const timer = setTimeout(() => {
+      // Not left listening for a frontend that never comes.
+      child.kill('SIGKILL');
+      reject(new Error(`reference device did not listen in 20 s:\n${output.join('\n')}`));
+    }, 20_000);
     const collect = (chunk: Buffer) => {
       for (const line of chunk.toString().split('\n')) {
         if (!line) continue;
