@@ -1,12 +1,15 @@
 // Multiqueue: the same 4-job 4 KiB random-read load through the relay with 1 and with 2 request
-// queues, on a device that offers 2 (the reference device, --queues 2, in front of QEMU's
-// virtiofsd), in one run. Prints ops/s for each, the ratio, and how the requests spread over the
-// queue threads. Beside it, the same load on libfuse's C passthrough_ll served by one thread (-s)
+// queues, on a device that offers 2 (the reference device, --queues 2, one thread per request
+// queue, in front of QEMU's virtiofsd), in one run; and the relay straight on virtiofsd (one
+// queue, no reference device), so that what the device adds shows. Prints ops/s for each, the
+// ratio, and how the requests spread over the queue threads. Beside it, the same load on libfuse's C passthrough_ll served by one thread (-s)
 // and by two (clone_fd: each its own /dev/fuse fd, as our queue threads): what one more serving
 // thread buys a C daemon on this machine. Never a timed test.
 // With --cache none (the default) every read reaches the daemon (virtiofsd -o cache=none,
 // passthrough_ll -o cache=never): the request path is measured, not the page cache.
-// Run: npm run bench:multiqueue [-- --seconds 5 --size 256 --cache none|auto]
+// Run: npm run bench:multiqueue [-- --seconds 5 --size 256 --cache none|auto --thread-pool-size N
+//   --device-poll-us US --skip-c]  (--thread-pool-size: virtiofsd's; 0, its default, serves each
+//   request on the queue's thread, which measured fastest here)
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -21,13 +24,22 @@ import { CLOCK_TICKS, cpuTicks } from './lib/cpu.ts';
 import { runFio } from './lib/fio.ts';
 
 const { values } = parseArgs({
-  options: { seconds: { type: 'string', default: '5' }, size: { type: 'string', default: '256' }, jobs: { type: 'string', default: '4' }, cache: { type: 'string', default: 'none' } },
+  options: {
+    seconds: { type: 'string', default: '5' },
+    size: { type: 'string', default: '256' },
+    jobs: { type: 'string', default: '4' },
+    cache: { type: 'string', default: 'none' },
+    'thread-pool-size': { type: 'string', default: '0' },
+    'device-poll-us': { type: 'string', default: '50' },
+    'skip-c': { type: 'boolean', default: false },
+  },
 });
 if (values.cache !== 'none' && values.cache !== 'auto') throw new Error(`--cache ${values.cache}: expected none or auto`);
 const cache = values.cache;
 const seconds = Number(values.seconds);
 const sizeMiB = Number(values.size);
 const jobs = Number(values.jobs);
+const threadPoolSize = Number(values['thread-pool-size']);
 const CACHE_DIR = fileURLToPath(new URL('../node_modules/.cache/virtiofs-bench/', import.meta.url));
 const cleanup = new Cleanup();
 cleanup.installHandlers();
@@ -47,9 +59,9 @@ function machineTicks(): { busy: number; total: number } {
 
 /** virtiofsd, the reference device offering 2 request queues in front of it, our relay using `queues` of them. */
 async function measure(queues: number): Promise<{ iops: number; spread: string; phases: string; cpu: string }> {
-  const daemon = await Virtiofsd.start({ sharedDir: shared, cache });
+  const daemon = await Virtiofsd.start({ sharedDir: shared, cache, threadPoolSize });
   const socket = join(work, `refdev-${queues}.sock`);
-  const device = spawn(process.execPath, ['--import', 'tsx', 'examples/reference-device/main.ts', '--socket', socket, '--backend', `vhost-user:${daemon.socketPath}`, '--queues', '2'], {
+  const device = spawn(process.execPath, ['--import', 'tsx', 'examples/reference-device/main.ts', '--socket', socket, '--backend', `vhost-user:${daemon.socketPath}`, '--queues', '2', '--poll-us', values['device-poll-us']!], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   await new Promise<void>((resolve, reject) => {
@@ -76,6 +88,25 @@ async function measure(queues: number): Promise<{ iops: number; spread: string; 
   } finally {
     await relay.unmount();
     await new Promise((resolve) => device.once('exit', resolve));
+    await daemon.stop();
+  }
+}
+
+/** The relay with one request queue straight on virtiofsd, no reference device: what the device adds is the difference. */
+async function measureDirect(): Promise<{ iops: number; phases: string; cpu: string }> {
+  const daemon = await Virtiofsd.start({ sharedDir: shared, cache, threadPoolSize });
+  const mnt = join(work, 'mnt-direct');
+  mkdirSync(mnt);
+  const relay = await FuseRelay.mount({ transport: `vhost-user:${daemon.socketPath}`, mountpoint: mnt, requestQueues: 1 });
+  try {
+    const ours0 = process.cpuUsage();
+    const { iops, wallS, busy, ticks } = await timedLoad(mnt, [daemon.pid]);
+    const ours = process.cpuUsage(ours0);
+    const cpu = `client ${Math.round(((ours.user + ours.system) / 1e6 / wallS) * 100)}%, virtiofsd ${Math.round((ticks[0]! / CLOCK_TICKS / wallS) * 100)}%; machine ${busy}% busy`;
+    const p = relay.status().phases;
+    return { iops, phases: p ? `prepare ${p.prepareUs} us, device ${p.deviceUs} us, reply ${p.replyUs} us` : '-', cpu };
+  } finally {
+    await relay.unmount();
     await daemon.stop();
   }
 }
@@ -118,15 +149,18 @@ async function measureC(binary: string, threads: 1 | 2): Promise<{ iops: number;
 try {
   const load = loadavg()[0]!.toFixed(2);
   const binary = await buildPassthroughLl(cleanup, CACHE_DIR);
-  const c1 = await measureC(binary, 1);
-  const c2 = await measureC(binary, 2);
+  const skip = { iops: NaN, cpu: 'skipped' };
+  const c1 = values['skip-c'] ? skip : await measureC(binary, 1);
+  const c2 = values['skip-c'] ? skip : await measureC(binary, 2);
+  const direct = await measureDirect();
   const one = await measure(1);
   const two = await measure(2);
   console.log(`virtiofs-client multiqueue benchmark: rand read 4 KiB, ${jobs} jobs, ${seconds} s per figure, ${sizeMiB} MiB file, one run`);
-  console.log(`device: examples/reference-device --queues 2 in front of QEMU 7.2's virtiofsd (-o cache=${cache}); ${cpus().length} CPUs, load ${load} at the start`);
+  console.log(`device: examples/reference-device --queues 2 (one thread per request queue) in front of QEMU 7.2's virtiofsd (-o cache=${cache}, --thread-pool-size=${threadPoolSize}), device --poll-us ${values['device-poll-us']}; ${cpus().length} CPUs, load ${load} at the start`);
   console.log(`C analog, passthrough_ll -o cache=${cache === 'none' ? 'never' : 'auto'}: 1 thread (-s) ${Math.round(c1.iops).toLocaleString('en-US')} ops/s, 2 threads (clone_fd) ${Math.round(c2.iops).toLocaleString('en-US')} ops/s: ${(c2.iops / c1.iops).toFixed(3)}`);
   console.log(`CPU, C 1 thread:  ${c1.cpu}`);
   console.log(`CPU, C 2 threads: ${c2.cpu}`);
+  console.log(`relay straight on virtiofsd, no reference device (1 queue): ${Math.round(direct.iops).toLocaleString('en-US')} ops/s  (${direct.phases}); CPU: ${direct.cpu}`);
   console.log(`relay, 1 request queue:  ${Math.round(one.iops).toLocaleString('en-US')} ops/s  (${one.spread}; ${one.phases})`);
   console.log(`relay, 2 request queues: ${Math.round(two.iops).toLocaleString('en-US')} ops/s  (${two.spread}; ${two.phases})`);
   console.log(`2 queues / 1 queue: ${(two.iops / one.iops).toFixed(3)}`);

@@ -23,6 +23,11 @@ export interface VirtiofsdOptions {
   flock?: boolean;
   allowDirectIo?: boolean;
   writeback?: boolean;
+  /**
+   * C virtiofsd only: --thread-pool-size, the threads that serve requests (0, its default: the
+   * queue's own thread serves each request before taking the next).
+   */
+  threadPoolSize?: number;
   /** virtiofsd -d: logs every request with its flags (to `onLog`). */
   debug?: boolean;
   /**
@@ -147,6 +152,7 @@ function cArguments(options: VirtiofsdOptions, socketPath: string): string[] {
     ...o(options.flock, 'flock', 'no_flock'),
     ...o(options.allowDirectIo, 'allow_direct_io', 'no_allow_direct_io'),
     ...o(options.writeback, 'writeback', 'no_writeback'),
+    ...(options.threadPoolSize !== undefined ? [`--thread-pool-size=${options.threadPoolSize}`] : []),
     options.debug ? '-d' : '-f',
   ];
 }
