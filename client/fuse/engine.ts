@@ -1,9 +1,10 @@
 /**
  * The request engine: the one place where a FUSE request laid out in a device slot goes to the
  * device and its reply is judged. Every path to a device goes through it: the client API
- * (FuseSession.call), the /dev/fuse relay (frontend/relay.ts) and the reference device's relay to
- * its backend (examples/reference-device/backend-relay.ts). Each caller puts the request in its
- * slot (header and arguments at REQUEST_AT, data at DATA_AT) and turns the outcome into what its
+ * (FuseSession.call), the /dev/fuse relay (frontend/relay.ts) and the reference device's
+ * request-queue threads relaying to its backend (examples/reference-device/queue-worker.ts). Each
+ * caller puts the request in its slot (header and arguments at REQUEST_AT, data at DATA_AT) and
+ * turns the outcome into what its
  * own user wants (a Node error, a /dev/fuse reply, a frontend's used element); the engine owns the
  * rest: the reply room an opcode needs, translating the architecture-dependent fields both ways,
  * the descriptor segments, submitting, and checking the reply field by field.
@@ -140,7 +141,8 @@ export class RequestEngine {
 
   /**
    * Submits a request that gets a reply and judges the reply (the async callers: the client API,
-   * the reference device). `readable` are the slot's device-readable (offset, length) pairs.
+   * the reference device's backend session). `readable` are the slot's device-readable (offset,
+   * length) pairs.
    */
   async send(slot: Slot, opcode: number, unique: bigint, readable: readonly number[], space: ReplySpace): Promise<Judged> {
     const device = this.requireDevice();
