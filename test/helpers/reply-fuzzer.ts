@@ -68,8 +68,8 @@ export interface FuzzReport {
   /** pci: configuration changes made, and the client's lines about them (fewer when changes come faster than it looks). */
   configChanges: number;
   configLines: number;
-  /** Timeout lines about requests the device had not answered yet (a slow device, not a miss). */
-  slowDevice: number;
+  /** Timeout lines about requests the device had not answered yet (a slow device, not a miss), with what the device was last made to do. */
+  slowDevice: string[];
   hangs: string[];
   crashes: string[];
   deviceFailures: number;
@@ -105,7 +105,7 @@ class Ledger {
   deviceFailures = 0;
   configChanges = 0;
   configLines = 0;
-  slowDevice = 0;
+  readonly slowDevice: string[] = [];
   generation = 0;
   active = true;
   /** pci: makes the device do what a mutation asks besides (or instead of) its reply. */
@@ -169,17 +169,21 @@ class Ledger {
     // was to be: the device (on a loaded machine, the same thread) was slower than the timeout.
     // About one whose reply was already on the used ring, it is a reply the client missed.
     if (timedOut !== undefined && !m?.hold && key !== undefined && !this.delivered.has(key)) {
-      this.slowDevice++;
+      this.slowDevice.push(`${line} [mount ${generation}; ${this.recent(generation)}]`);
       return;
     }
     if (!m || (timedOut !== undefined && !m.hold)) {
-      // What this mount's device was last made to do, to tell what led to the line.
-      const recent = [...this.mutations.entries()].filter(([k]) => k.startsWith(`${generation}:`)).slice(-4).map(([, r]) => `${opcodeName(r.opcode)} ${r.unique} ${r.kind}`);
-      this.falseAlarms.push(`${line} [mount ${generation}; its last mutations: ${recent.join('; ') || 'none'}]`);
+      this.falseAlarms.push(`${line} [mount ${generation}; ${this.recent(generation)}]`);
       return;
     }
     this.namedBy.set(key!, (this.namedBy.get(key!) ?? 0) + 1);
     if (this.namedBy.get(key!) === 1) this.byKind.get(m.kind)!.named++;
+  }
+
+  /** What this mount's device was last made to do, to tell what led to a line. */
+  private recent(generation: number): string {
+    const last = [...this.mutations.entries()].filter(([k]) => k.startsWith(`${generation}:`)).slice(-4);
+    return `its last mutations: ${last.map(([, r]) => `${opcodeName(r.opcode)} ${r.unique} ${r.kind}`).join('; ') || 'none'}`;
   }
 
   report(
@@ -530,9 +534,10 @@ export function formatReport(r: FuzzReport): string {
     `${r.target}: seed ${r.seed}, ${r.seconds.toFixed(1)} s: ${r.answered} replies answered, ${r.mutated} mutated, ${r.named} named in a log line`,
     ...(r.target === 'pci' ? [`  configuration changes ${r.configChanges}, lines about them ${r.configLines}`] : []),
     `  calls ${r.calls} (errors: ${errors}); hangs ${r.hangs.length}; crashes ${r.crashes.length}; device failures ${r.deviceFailures}; remounts ${r.remounts}`,
-    `  missed ${r.missed.length}; false alarms ${r.falseAlarms.length}; named twice ${r.namedTwice.length}; overtaken by a remount ${r.undelivered}; timeouts before the device answered ${r.slowDevice}`,
+    `  missed ${r.missed.length}; false alarms ${r.falseAlarms.length}; named twice ${r.namedTwice.length}; overtaken by a remount ${r.undelivered}; timeouts before the device answered ${r.slowDevice.length}`,
     `  RSS ${mib(r.rssBefore)} -> ${mib(r.rssAfter)} MiB; open descriptors ${r.fdsBefore} -> ${r.fdsAfter}`,
     ...kinds,
     ...[...r.missed, ...r.falseAlarms, ...r.namedTwice, ...r.hangs, ...r.crashes].slice(0, 20).map((l) => `  ! ${l}`),
+    ...r.slowDevice.slice(0, 5).map((l) => `  ~ ${l}`),
   ].join('\n');
 }
