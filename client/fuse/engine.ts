@@ -4,10 +4,10 @@
  * (FuseSession.call), the /dev/fuse relay (frontend/relay.ts) and the reference device's
  * request-queue threads relaying to its backend (examples/reference-device/queue-worker.ts). Each
  * caller puts the request in its slot (header and arguments at REQUEST_AT, data at DATA_AT) and
- * turns the outcome into what its
- * own user wants (a Node error, a /dev/fuse reply, a frontend's used element); the engine owns the
- * rest: the reply room an opcode needs, translating the architecture-dependent fields both ways,
- * the descriptor segments, submitting, and checking the reply field by field.
+ * turns the outcome into what its own user wants (a Node error, a /dev/fuse reply, a frontend's
+ * used element); the engine owns the rest: the reply room an opcode needs, translating the
+ * architecture-dependent fields both ways, the descriptor segments, submitting, and checking the
+ * reply field by field.
  */
 import { ArchTranslationError } from '../arch/index.ts';
 import {
