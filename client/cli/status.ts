@@ -21,7 +21,12 @@ function render(s: RelayStatus): string {
     ...(s.phases
       ? [`  per request prepare ${s.phases.prepareUs} us, device ${s.phases.deviceUs} us, reply ${s.phases.replyUs} us (client-side means over ${s.phases.requests})`]
       : []),
-    ...(s.queues ? [`  queues      ${s.queues.map((q) => `${q.name} ${q.requests}`).join(', ')} (requests, one thread each)`] : []),
+    ...(s.interrupts ? [`  interrupts  ${s.interrupts}`] : []),
+    ...(s.queues
+      ? [
+          `  queues      ${s.queues.map((q) => `${q.name} ${q.requests}${q.ownSignal ? '' : ' (woken by the main thread)'}`).join(', ')} (requests, one thread each${s.queues.every((q) => q.ownSignal) ? ', each waiting on its own queue signal' : ''})`,
+        ]
+      : []),
     `  ${'opcode'.padEnd(14)} ${'count'.padStart(9)} ${'errors'.padStart(7)} ${'p50 ms'.padStart(8)} ${'p90 ms'.padStart(8)} ${'p99 ms'.padStart(8)}`,
     ...s.operations.map(
       (o) =>

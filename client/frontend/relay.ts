@@ -63,8 +63,14 @@ export interface RelayStatus {
   archOutcome: string;
   wireArch: string;
   inFlight: number;
-  /** Per queue thread: the requests it carried (FORGETs count on the request queue that read them, and on hiprio). */
-  queues?: { name: string; requests: number }[];
+  /**
+   * Per queue thread: the requests it carried (FORGETs count on the request queue that read them, and
+   * on hiprio), and whether it waits on its queue's own completion signal (a PCI function's MSI-X
+   * vector, a vhost-user call eventfd) or is woken by the main thread (INTx, polling).
+   */
+  queues?: { name: string; requests: number; ownSignal: boolean }[];
+  /** How a PCI transport hears completions (msix, intx, polling); absent for vhost-user. */
+  interrupts?: string;
   /** Mean time per relayed request inside the client, by phase (the relay only). */
   phases?: PhaseSummary;
   operations: OpcodeSummary[];
@@ -164,7 +170,8 @@ export class FuseRelay {
       archOutcome: this.session.init.arch.outcome,
       wireArch: this.session.wireArch.name,
       inFlight: this.workers.reduce((n, w) => n + Atomics.load(w.control, CONTROL_IN_FLIGHT), 0),
-      queues: this.workers.map((w) => ({ name: w.loan.name, requests: w.stats.total() })),
+      queues: this.workers.map((w) => ({ name: w.loan.name, requests: w.stats.total(), ownSignal: w.loan.signals.callFd !== undefined })),
+      ...interruptsOf(this.device.transport),
       phases: OpStats.phases(this.workers.map((w) => w.stats)),
       operations: OpStats.summary(this.workers.filter((w) => w.role === 'request').map((w) => w.stats)),
     };
@@ -378,3 +385,8 @@ function readKernelInit(fd: number, slot: Slot, dataRoom: number): Promise<Kerne
   });
 }
 
+/** A PCI transport's interrupt mode (VirtioPciTransport.interruptMode), for status. */
+function interruptsOf(transport: object): { interrupts?: string } {
+  const mode = (transport as { interruptMode?: unknown }).interruptMode;
+  return typeof mode === 'string' ? { interrupts: mode } : {};
+}
