@@ -41,6 +41,7 @@ import {
 } from '../../ffi/libc.ts';
 import { EngineFailure, READLINK_MAX, ReplySpace, RequestEngine, isRelayable } from '../fuse/engine.ts';
 import { DATA_AT, REPLY_AT, REQUEST_ROOM, WRITE_HEAD } from '../fuse/slot-layout.ts';
+import { setSegments, toRegion } from '../virtio/buffer-pool.ts';
 import { WireTranslation } from '../fuse/wire-translation.ts';
 import { Opcode, fuse_in_header, fuse_out_header, opcodeName } from '../protocol/index.ts';
 import type { QueueLoan } from '../virtio/virtio-fs-device.ts';
@@ -625,24 +626,4 @@ export class QueueThread {
   private trace(line: string): void {
     this.post({ kind: 'trace', line });
   }
-}
-
-function setSegments(into: number[], at0: number, len0: number, at1: number, len1: number): void {
-  into[0] = at0;
-  into[1] = len0;
-  into[2] = at1;
-  into[3] = len1;
-}
-
-/** Slot-relative (offset, length) pairs to region offsets in `out`, dropping empty ones. */
-function toRegion(segments: readonly number[], base: number, out: number[]): void {
-  let k = 0;
-  for (let i = 0; i < 4; i += 2) {
-    const length = segments[i + 1]!;
-    if (length > 0) {
-      out[k++] = base + segments[i]!;
-      out[k++] = length;
-    }
-  }
-  out.length = k;
 }

@@ -18,3 +18,4 @@ export const REPLY_AT = 8192;
 export const REPLY_ROOM = 4096;
 /** Data follows the headers; its size is the device's `dataRoom`. */
 export const DATA_AT = 12288;
+

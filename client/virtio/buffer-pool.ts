@@ -111,3 +111,27 @@ export class BufferPool {
     }
   }
 }
+
+/**
+ * Two (offset, length) pairs of a request's buffers within its slot, written into `into` (four
+ * numbers, reused: no allocation per request). A length of 0 means no second buffer.
+ */
+export function setSegments(into: number[], at0: number, len0: number, at1: number, len1: number): void {
+  into[0] = at0;
+  into[1] = len0;
+  into[2] = at1;
+  into[3] = len1;
+}
+
+/** Slot-relative (offset, length) pairs to region offsets in `out` (reused), dropping empty ones. */
+export function toRegion(segments: readonly number[], base: number, out: number[]): void {
+  let k = 0;
+  for (let i = 0; i + 1 < segments.length; i += 2) {
+    const length = segments[i + 1]!;
+    if (length > 0) {
+      out[k++] = base + segments[i]!;
+      out[k++] = length;
+    }
+  }
+  out.length = k;
+}

@@ -10,7 +10,7 @@ import { describeRegion, type DmaRegion, type SharedRegionInfo } from '../../ffi
 import { signalEventFd } from '../../ffi/libc.ts';
 import type { QueueSignals, VirtioFsConfig, VirtioTransport } from '../transport/transport.ts';
 import { TransportError } from '../transport/transport.ts';
-import { BufferPool } from './buffer-pool.ts';
+import { BufferPool, toRegion } from './buffer-pool.ts';
 import {
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_EVENT_IDX,
@@ -463,13 +463,6 @@ export function fill(into: number[], at0: number, len0: number, at1: number, len
 }
 
 /** Slot-relative (offset, length) pairs to region offsets, skipping empty segments. */
-function toRegion(segments: readonly number[], base: number, out: number[]): void {
-  out.length = 0;
-  for (let i = 0; i < segments.length; i += 2) {
-    if (segments[i + 1]! > 0) out.push(base + segments[i]!, segments[i + 1]!);
-  }
-}
-
 function align(n: number, to: number): number {
   return Math.ceil(n / to) * to;
 }

@@ -23,6 +23,7 @@ import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { resolveArch, type Architecture } from '../../client/arch/index.ts';
 import { EngineFailure, ReplySpace, RequestEngine, isRelayable } from '../../client/fuse/engine.ts';
 import { DATA_AT, REPLY_AT, REQUEST_AT, REQUEST_ROOM, WRITE_HEAD } from '../../client/fuse/slot-layout.ts';
+import { setSegments, toRegion } from '../../client/virtio/buffer-pool.ts';
 import { WireTranslation } from '../../client/fuse/wire-translation.ts';
 import { PollAdvisor } from '../../client/frontend/poll-advisor.ts';
 import { describeReply, describeRequest } from '../../client/frontend/trace.ts';
@@ -798,24 +799,4 @@ export class QueueWorker {
   private trace(line: string): void {
     this.post({ kind: 'trace', line });
   }
-}
-
-function setSegments(into: number[], at0: number, len0: number, at1: number, len1: number): void {
-  into[0] = at0;
-  into[1] = len0;
-  into[2] = at1;
-  into[3] = len1;
-}
-
-/** Slot-relative (offset, length) pairs to region offsets in `out`, dropping empty ones. */
-function toRegion(segments: readonly number[], base: number, out: number[]): void {
-  let k = 0;
-  for (let i = 0; i < 4; i += 2) {
-    const length = segments[i + 1]!;
-    if (length > 0) {
-      out[k++] = base + segments[i]!;
-      out[k++] = length;
-    }
-  }
-  out.length = k;
 }
