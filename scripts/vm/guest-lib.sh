@@ -7,6 +7,7 @@
 #   VM_IOMMU              none | intel
 #   VM_VIRTIOFS_TAG       the virtio-fs device's tag
 #   VM_HOSTVIEW_BDF       the second virtio-fs function (hostview), when the harness adds one
+#   VM_EXTRA_VIRTIOFS_BDFS the reference-device functions after the first (referenceDevice.functions)
 #   VM_TOKEN              this run's token, for the console markers
 #   VM_NODE_TS, VM_CLI    how to start node on a TypeScript file, and the virtiofs-client command
 # Every function keeps its variables local, prints what went wrong to stderr and returns non-zero
@@ -50,15 +51,34 @@ vm_pci_find() {
   return 0
 }
 
-# vm_virtiofs_bdf: prints the BDF of the (first) virtio-fs function, 1af4:105a.
+# vm_virtiofs_bdf: prints the BDF of the (first) virtio-fs function, 1af4:105a: not hostview, nor
+# the harness's extra reference-device functions.
 vm_virtiofs_bdf() {
-  local bdf
-  bdf=$(vm_pci_find "$VM_VIRTIOFS_VENDOR" "$VM_VIRTIOFS_DEVICE" | grep -vx "${VM_HOSTVIEW_BDF:-none}" | head -n 1)
+  local bdf other
+  bdf=$(vm_pci_find "$VM_VIRTIOFS_VENDOR" "$VM_VIRTIOFS_DEVICE" | grep -vx "${VM_HOSTVIEW_BDF:-none}" | while read -r other; do
+    [[ " $VM_EXTRA_VIRTIOFS_BDFS " == *" $other "* ]] || echo "$other"
+  done | head -n 1)
   if [ -z "$bdf" ]; then
     echo "vm_virtiofs_bdf: no PCI function 1af4:105a" >&2
     return 1
   fi
   echo "$bdf"
+}
+
+# vm_reference_bdf N: prints the BDF of reference-device function N (0: vm_virtiofs_bdf's; N > 0: the
+# Nth of VM_EXTRA_VIRTIOFS_BDFS, tag $VM_VIRTIOFS_TAG$N).
+vm_reference_bdf() {
+  local extra
+  if [ "$1" = 0 ]; then
+    vm_virtiofs_bdf
+    return
+  fi
+  read -r -a extra <<<"${VM_EXTRA_VIRTIOFS_BDFS:-}"
+  if [ -z "${extra[$1 - 1]:-}" ] || [ ! -e "/sys/bus/pci/devices/${extra[$1 - 1]}" ]; then
+    echo "vm_reference_bdf: no reference-device function $1 (VM_EXTRA_VIRTIOFS_BDFS='${VM_EXTRA_VIRTIOFS_BDFS:-}')" >&2
+    return 1
+  fi
+  echo "${extra[$1 - 1]}"
 }
 
 # vm_pci_driver BDF: prints the name of the driver bound to BDF (nothing when unbound).

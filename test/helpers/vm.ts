@@ -32,12 +32,16 @@ export { formatSteps, type GuestStep } from './guest-steps.ts';
 
 /** Where RunInGuestOptions.hostView puts its function. */
 const HOSTVIEW_BDF = '0000:00:10.0';
+/** Where RunInGuestOptions.referenceDevice puts its functions after the first: slot 0x11, 0x12, ... */
+const EXTRA_FUNCTION_SLOT = 0x11;
 
 /** The checkout the guest runs scripts in (seen through the 9p host root). */
 export const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 export const VM_BUILD_SCRIPT = join(REPO_ROOT, 'scripts/vm/build.sh');
 /** Sourced before every guest script; its functions are listed in GUEST_SH. */
 export const GUEST_LIB = join(REPO_ROOT, 'scripts/vm/guest-lib.sh');
+/** The reference device's entry point (RunInGuestOptions.referenceDevice runs it on the host). */
+const REFERENCE_DEVICE_MAIN = join(REPO_ROOT, 'examples/reference-device/main.ts');
 
 /**
  * How the guest starts node: `ts` runs a TypeScript entry point (followed by its path), `cli` is the
@@ -91,6 +95,11 @@ export const GUEST_SH = {
   bindVfio: 'VFIO=$(vm_bind_vfio "$BDF") || exit 1',
   /** Mounts the device with the guest kernel's own virtiofs driver (while bound to virtio_pci). */
   mountVirtiofs: (dir: string) => `vm_mount_virtiofs ${shellQuote(dir)} || exit 1`,
+  /**
+   * Sets BDF to the address of reference-device function `n` (RunInGuestOptions.referenceDevice;
+   * 0 is the usual function, the same as findVirtiofsBdf).
+   */
+  findReferenceBdf: (n: number) => `BDF=$(vm_reference_bdf ${n}) || exit 1`,
   /** Mounts the hostView function (RunInGuestOptions.hostView) with the guest kernel's virtiofs driver. */
   mountHostView: (dir: string) => `vm_mount_hostview ${shellQuote(dir)} || exit 1`,
 } as const;
@@ -165,6 +174,17 @@ export interface RunInGuestOptions {
    * vm_virtiofs_bdf never names it.
    */
   hostView?: boolean;
+  /**
+   * The function under test is served by the reference device (examples/reference-device/main.ts
+   * --queues `queues`) in front of its virtiofsd, and offers `queues` request queues
+   * (num-request-queues): QEMU 7.2's virtiofsds refuse a second request queue. The reference device
+   * serves one FUSE session per process (a second FUSE_INIT fails), so a boot that needs several
+   * sessions asks for `functions` (default 1) such functions, each with its own virtiofsd and
+   * reference device on sharedDir: function 0 is the usual one (tag `tag`, findVirtiofsBdf), function
+   * n > 0 has tag `${tag}${n}` and sits at 0000:00:(0x10 + n).0 (findReferenceBdf(n)). `args`: more
+   * reference-device arguments. What each device printed is in GuestRun.referenceDeviceOutput.
+   */
+  referenceDevice?: { queues: number; functions?: number; args?: string[] };
   /** Every console line as it arrives (kernel messages included). */
   onConsole?: (line: string) => void;
 }
@@ -188,6 +208,8 @@ export interface GuestRun {
   lockWaitMs: number;
   accelerator: Accelerator;
   artifacts: VmArtifacts;
+  /** RunInGuestOptions.referenceDevice: each function's device's output lines (stdout and stderr), once it exited. */
+  referenceDeviceOutput: string[][];
 }
 
 /** The guest never reported the script's exit status (deadline, init failure, QEMU failure). */
@@ -314,6 +336,12 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
   const artifacts = await ensureVmArtifacts();
   const iommu = options.iommu ?? 'none';
   const tag = options.tag ?? 'vfs';
+  const reference = options.referenceDevice;
+  const functions = reference ? (reference.functions ?? 1) : 1;
+  if (reference && (!Number.isInteger(reference.queues) || reference.queues < 1 || !Number.isInteger(functions) || functions < 1 || functions > 8)) {
+    throw new Error(`referenceDevice: ${reference.queues} queues, ${functions} functions (1.., 1..8)`);
+  }
+  const extraBdfs = Array.from({ length: functions - 1 }, (_, i) => `0000:00:${(EXTRA_FUNCTION_SLOT + i).toString(16)}.0`);
   const memoryMiB = options.memoryMiB ?? 1024;
   const policy: StepPolicy = {
     bootStepMs: options.bootStepMs ?? 60_000,
@@ -339,6 +367,7 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
     VM_IOMMU: iommu,
     VM_VIRTIOFS_TAG: tag,
     ...(options.hostView ? { VM_HOSTVIEW_BDF: HOSTVIEW_BDF } : {}),
+    ...(extraBdfs.length ? { VM_EXTRA_VIRTIOFS_BDFS: extraBdfs.join(' ') } : {}),
     VM_TOKEN: token,
     VM_NODE_TS: GUEST_NODE.ts,
     VM_CLI: GUEST_NODE.cli,
@@ -361,6 +390,9 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
   let lock: GuestLock | undefined;
   let daemon: Virtiofsd | undefined;
   let hostView: Virtiofsd | undefined;
+  /** referenceDevice: function n's virtiofsd (0 is `daemon`) and reference device. */
+  const extraDaemons: Virtiofsd[] = [];
+  const devices: ReferenceDeviceProcess[] = [];
   let qemu: ChildProcess | undefined;
   let watch: NodeJS.Timeout | undefined;
   try {
@@ -373,6 +405,19 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
     if (options.hostView) {
       hostView = await Virtiofsd.start({ ...options.virtiofsdOptions, cache: 'none', sharedDir: options.sharedDir, socketPath: join(work, 'hostview.sock') });
     }
+    /** The vhost-user socket of each function under test. */
+    const fsSockets = [daemon.socketPath];
+    if (reference) {
+      for (let n = 1; n < functions; n++) {
+        extraDaemons.push(await Virtiofsd.start({ ...options.virtiofsdOptions, sharedDir: options.sharedDir, socketPath: join(work, `vhost${n}.sock`) }));
+      }
+      const backends = [daemon, ...extraDaemons];
+      for (const [n, backend] of backends.entries()) {
+        devices.push(await startReferenceDevice(backend.socketPath, join(work, `refdev${n}.sock`), ['--queues', String(reference.queues), ...(reference.args ?? [])]));
+      }
+      fsSockets.splice(0, 1, ...devices.map((d) => d.socket));
+    }
+    const queuesArg = reference ? `,num-request-queues=${reference.queues}` : '';
     const append = [
       'console=ttyS0',
       'panic=-1',
@@ -402,9 +447,13 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
       // vhost-user: virtiofsd maps all guest memory, so it must be a shared, fd-backed object.
       '-object', `memory-backend-memfd,id=mem,size=${memoryMiB}M,share=on`,
       '-numa', 'node,memdev=mem',
-      '-chardev', `socket,id=c0,path=${daemon.socketPath}`,
+      '-chardev', `socket,id=c0,path=${fsSockets[0]}`,
       ...(options.fsBehindBridge ? ['-device', 'pcie-pci-bridge,id=fsbridge'] : []),
-      '-device', `vhost-user-fs-pci,chardev=c0,tag=${tag}${options.fsBehindBridge ? ',bus=fsbridge,addr=1' : ''}`,
+      '-device', `vhost-user-fs-pci,chardev=c0,tag=${tag}${queuesArg}${options.fsBehindBridge ? ',bus=fsbridge,addr=1' : ''}`,
+      ...fsSockets.slice(1).flatMap((path, i) => [
+        '-chardev', `socket,id=f${i + 1},path=${path}`,
+        '-device', `vhost-user-fs-pci,chardev=f${i + 1},tag=${tag}${i + 1}${queuesArg},addr=0x${(EXTRA_FUNCTION_SLOT + i).toString(16)}`,
+      ]),
       ...(hostView ? ['-chardev', `socket,id=c1,path=${hostView.socketPath}`, '-device', `vhost-user-fs-pci,chardev=c1,tag=hostview,addr=0x${HOSTVIEW_BDF.slice(8, 10)}`] : []),
       '-virtfs', 'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
       '-kernel', artifacts.vmlinux,
@@ -489,8 +538,11 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
         : expiry
           ? `no exit status: ${expiry.message}\nQEMU killed (${accelerator.why})${blockedTasks(consoleText, blockedFrom)}`
           : `QEMU exited (${exit.signal ?? exit.code}) before the script reported its exit status`;
-      throw new GuestError(`${why}\nvirtiofsd said:\n${daemon.recentOutput()}`, consoleText, steps, expiry, blockedFrom < 0 ? undefined : blockedFrom);
+      const deviceOutput = devices.map((d, n) => `\nreference device ${n} said:\n${d.output.slice(-20).join('\n')}`).join('');
+      throw new GuestError(`${why}\nvirtiofsd said:\n${daemon.recentOutput()}${deviceOutput}`, consoleText, steps, expiry, blockedFrom < 0 ? undefined : blockedFrom);
     }
+    // Each device exits by itself once QEMU (its frontend) is gone, after logging what it served.
+    const referenceDeviceOutput = await Promise.all(devices.map(async (d) => (await d.finish(), d.output)));
     const beginAt = consoleText.indexOf(`${BEGIN} ${token}`);
     const outputStart = consoleText.indexOf('\n', beginAt) + 1;
     const calibration = steps.find((s) => s.name === CALIBRATION_STEP);
@@ -509,15 +561,77 @@ export async function runInGuest(options: RunInGuestOptions): Promise<GuestRun> 
       lockWaitMs: lock.waitedMs,
       accelerator,
       artifacts,
+      referenceDeviceOutput,
     };
   } finally {
     clearInterval(watch);
     if (qemu && qemu.exitCode === null && qemu.signalCode === null) qemu.kill('SIGKILL');
+    for (const d of devices) await d.finish();
     await daemon?.stop();
+    for (const d of extraDaemons) await d.stop();
     await hostView?.stop();
     lock?.release();
     rmSync(work, { recursive: true, force: true });
   }
+}
+
+interface ReferenceDeviceProcess {
+  socket: string;
+  /** Every line it printed, stdout and stderr. */
+  output: string[];
+  /** Waits for it to exit (it does once its frontend hangs up), killing it after REFERENCE_DEVICE_EXIT_MS. */
+  finish(): Promise<void>;
+}
+
+/** How long a reference device may take to start listening (a tsx start on the host), and to exit. */
+const REFERENCE_DEVICE_START_MS = 30_000;
+const REFERENCE_DEVICE_EXIT_MS = 10_000;
+
+/** Starts the reference device on `socket` in front of `backendSocket`; resolves once it listens. */
+async function startReferenceDevice(backendSocket: string, socket: string, args: string[]): Promise<ReferenceDeviceProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', REFERENCE_DEVICE_MAIN, '--socket', socket, '--backend', `vhost-user:${backendSocket}`, ...args], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  track(child);
+  const output: string[] = [];
+  const exited = new Promise<void>((done) => child.once('close', () => done()));
+  let partial = '';
+  const collect = (chunk: Buffer) => {
+    const lines = (partial + chunk.toString()).split('\n');
+    partial = lines.pop()!;
+    output.push(...lines.filter((l) => l));
+  };
+  child.stdout!.on('data', collect);
+  child.stderr!.on('data', collect);
+  void exited.then(() => partial && output.push(partial));
+  const finish = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const timer = setTimeout(() => child.kill('SIGKILL'), REFERENCE_DEVICE_EXIT_MS);
+      await exited;
+      clearTimeout(timer);
+    } else await exited;
+  };
+  const listening = await new Promise<boolean>((done) => {
+    const timer = setTimeout(() => done(false), REFERENCE_DEVICE_START_MS);
+    const look = () => {
+      if (output.some((l) => l.includes('listening on'))) {
+        clearTimeout(timer);
+        done(true);
+      }
+    };
+    child.stdout!.on('data', look);
+    void exited.then(() => {
+      clearTimeout(timer);
+      done(false);
+    });
+  });
+  if (!listening) {
+    child.kill('SIGKILL');
+    await exited;
+    throw new Error(`the reference device did not listen on ${socket} within ${REFERENCE_DEVICE_START_MS} ms:\n${output.join('\n')}`);
+  }
+  return { socket, output, finish };
 }
 
 /**
