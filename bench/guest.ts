@@ -6,6 +6,10 @@
 // Under TCG (no usable KVM here) absolute figures mean little: the ratio, from one boot, is the
 // figure. Never a timed test.
 // Run: npm run bench:guest [-- --seconds 5 --transport vfio|uio|both]
+// --queues-compare: instead, the client with 1 and with 2 request queues (mount --queues), in one boot,
+// each on its own function of QEMU's vhost-user-fs-pci with num-request-queues=2 served by the
+// reference device (QEMU 7.2's virtiofsds refuse a second request queue; the reference device serves
+// one session per process, hence one function each), under 4 jobs at once; prints 2-queue/1-queue.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,10 +19,12 @@ import { GUEST_SH, runInGuest } from '../test/helpers/vm.ts';
 import { Cleanup } from './lib/cleanup.ts';
 import { buildPassthroughLl } from './lib/passthrough-ll.ts';
 
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '5' }, transport: { type: 'string', default: 'vfio' } } });
+const { values } = parseArgs({
+  options: { seconds: { type: 'string', default: '5' }, transport: { type: 'string', default: 'vfio' }, 'queues-compare': { type: 'boolean', default: false } },
+});
 const seconds = Number(values.seconds);
 const transports = values.transport === 'both' ? ['vfio', 'uio'] : [values.transport!];
-if (!(seconds > 0) || transports.some((t) => t !== 'vfio' && t !== 'uio')) throw new Error('usage: bench:guest [-- --seconds N --transport vfio|uio|both]');
+if (!(seconds > 0) || transports.some((t) => t !== 'vfio' && t !== 'uio')) throw new Error('usage: bench:guest [-- --seconds N --transport vfio|uio|both] [--queues-compare]');
 
 /** Sequential files: 64 MiB (guest memory is 1 GiB, and TCG is slow). The random-read file is laid out on the host. */
 const SEQ_MIB = 64;
@@ -95,6 +101,95 @@ const guestScript = (PASSTHROUGH_LL: string) => `
   umount /tmp/mnt-kernel
   ${transports.map(clientRun).join('\n')}
 `;
+
+/** --queues-compare: 4 jobs at once. */
+const JOBS = 4;
+const QUEUE_WORKLOADS = [
+  { key: 'randread4', title: `4 KiB random read, ${JOBS} jobs (cold)` },
+  { key: 'seqwrite4', title: `1 MiB sequential write, ${JOBS} jobs (fsync at end)` },
+  { key: 'meta4', title: `create + stat + unlink, ${JOBS} processes` },
+] as const;
+
+/** The client with `queues` request queues on reference-device function `n`, the 4-job workloads. */
+const queuesRun = (transport: string, n: number, queues: number) => {
+  const who = `q${queues}`;
+  const dir = `/tmp/mnt-${who}`;
+  return `
+  BDF=$(vm_reference_bdf ${n}) || exit 1
+  ${transport === 'vfio' ? GUEST_SH.bindVfio : GUEST_SH.bindUio}
+  mkdir -p ${dir}
+  vm_step ${who}-mount 60
+  ${GUEST_SH.cli('mount', '--queues', String(queues), '--transport', transport === 'vfio' ? 'vfio:$BDF' : 'uio:${UIO#/dev/}', dir)} || exit 1
+  vm_step ${who}-randread4 200
+  echo "RESULT ${who} randread4 $(${fio(`${dir}/rand.dat`, 'randread', '4k', `--size=${RAND_MIB}M --invalidate=1 --time_based --runtime=${seconds} --numjobs=${JOBS} --group_reporting`)})"
+  vm_step ${who}-seqwrite4 200
+  mkdir -p ${dir}/seq-${who}
+  echo "RESULT ${who} seqwrite4 $(fio --name=g --directory=${dir}/seq-${who} --rw=write --bs=1M --size=${SEQ_MIB / JOBS}M --end_fsync=1 --numjobs=${JOBS} --group_reporting --ioengine=psync --output-format=json 2>/dev/null | python3 -c '${PY_FIO}' write)"
+  rm -rf ${dir}/seq-${who}
+  vm_step ${who}-meta4 200
+  for j in $(seq ${JOBS}); do mkdir -p ${dir}/meta-${who}-$j; python3 -c '${PY_META}' ${dir}/meta-${who}-$j ${META_ROUNDS / JOBS} > /tmp/meta-$j & done; wait
+  echo "RESULT ${who} meta4 0 $(cat /tmp/meta-* | awk '{ s += $2 } END { print s }')"
+  rm -rf ${dir}/meta-${who}-*
+  vm_step ${who}-status 60
+  ${GUEST_SH.cli('status', dir)} | grep -E 'transport|interrupts|queues|per request' | sed 's/^/STATUS ${who}: /'
+  vm_step ${who}-unmount 60
+  ${GUEST_SH.cli('unmount', dir)} || exit 1
+  vm_wait_relay_exit ${dir} || exit 1
+`;
+};
+
+async function compareQueues(): Promise<void> {
+  const transport = transports[0]!;
+  const shared = mkdtempSync(join(tmpdir(), 'vfs-bench-guest-q-'));
+  try {
+    writeFileSync(join(shared, 'rand.dat'), Buffer.alloc(RAND_MIB << 20, 0x5a));
+    const load = loadavg()[0]!.toFixed(2);
+    const script = `${GUEST_SH.modprobe('fuse')}\n${queuesRun(transport, 0, 1)}\n${queuesRun(transport, 1, 2)}`;
+    const run = await runInGuest({
+      script,
+      sharedDir: shared,
+      referenceDevice: { queues: 2, functions: 2 },
+      timeoutMs: 1_800_000,
+      defaultBudget: 60,
+      label: 'bench:guest --queues-compare',
+      onConsole: (l) => process.env.VERBOSE && console.error(l),
+    });
+    if (run.exitCode !== 0) throw new Error(`the guest script failed (${run.exitCode}):\n${run.output}`);
+    const results = new Map<string, { bytes: number; ops: number }>();
+    for (const line of run.output.split('\n')) {
+      const m = /^RESULT (\S+) (\S+) (\d+) (\d+)$/.exec(line.trim());
+      if (m) results.set(`${m[1]}/${m[2]}`, { bytes: Number(m[3]), ops: Number(m[4]) });
+    }
+    const figure = (who: string, key: string) => {
+      const r = results.get(`${who}/${key}`);
+      return r === undefined ? undefined : key.startsWith('seq') ? r.bytes / 2 ** 20 : r.ops;
+    };
+    console.log(`virtiofs-client in a QEMU guest, 1 vs 2 request queues (${transport}): one boot, ${new Date().toISOString().slice(0, 10)}`);
+    console.log(
+      `guest: ${run.artifacts.kernelRelease}, ${run.accelerator.accel}, 2 vCPUs, 1 GiB; device: vhost-user-fs-pci num-request-queues=2, the reference device (--queues 2) in front of QEMU 7.2's virtiofsd, one function per mount; host: ${cpus().length} CPUs, load ${load} at the start; whole run ${(run.durationMs / 1000).toFixed(0)} s`,
+    );
+    console.log('| workload | 1 queue | 2 queues | 2/1 |');
+    console.log('|---|---:|---:|---:|');
+    for (const w of QUEUE_WORKLOADS) {
+      const one = figure('q1', w.key);
+      const two = figure('q2', w.key);
+      const unit = w.key.startsWith('seq') ? 'MiB/s' : 'ops/s';
+      console.log(`| ${w.title}, ${unit} | ${one?.toFixed(1) ?? '-'} | ${two?.toFixed(1) ?? '-'} | ${one && two ? (two / one).toFixed(3) : '-'} |`);
+    }
+    for (const line of run.output.split('\n')) if (line.startsWith('STATUS ')) console.log(line.slice('STATUS '.length).trimEnd());
+    for (const [n, output] of run.referenceDeviceOutput.entries()) {
+      const served = output.find((l) => l.includes('served on their own threads'));
+      if (served) console.log(`reference device ${n}: ${served.replace(/^reference-device: /, '')}`);
+    }
+  } finally {
+    rmSync(shared, { recursive: true, force: true });
+  }
+}
+
+if (values['queues-compare']) {
+  await compareQueues();
+  process.exit(0);
+}
 
 const CACHE_DIR = fileURLToPath(new URL('../node_modules/.cache/virtiofs-bench/', import.meta.url));
 const cleanup = new Cleanup();
