@@ -50,6 +50,22 @@ for i in range(n):
     os.fstat(fd); os.close(fd); os.stat(p); os.unlink(p)
 print(0, round(n / (time.perf_counter() - t0)))`;
 
+/**
+ * The guest's `RESULT <who> <key> <bytes/s> <ops/s>` lines: a workload's figure, MiB/s for the
+ * sequential ones (their key starts with 'seq'), ops/s for the others.
+ */
+function figures(run: { output: string }): (who: string, key: string) => number | undefined {
+  const results = new Map<string, { bytes: number; ops: number }>();
+  for (const line of run.output.split('\n')) {
+    const m = /^RESULT (\S+) (\S+) (\d+) (\d+)$/.exec(line.trim());
+    if (m) results.set(`${m[1]}/${m[2]}`, { bytes: Number(m[3]), ops: Number(m[4]) });
+  }
+  return (who, key) => {
+    const r = results.get(`${who}/${key}`);
+    return r === undefined ? undefined : key.startsWith('seq') ? r.bytes / 2 ** 20 : r.ops;
+  };
+}
+
 const fio = (dir: string, rw: string, bs: string, extra: string) =>
   `fio --name=g --filename=${dir} --rw=${rw} --bs=${bs} --ioengine=psync --output-format=json ${extra} 2>/dev/null | python3 -c '${PY_FIO}' ${rw.includes('write') ? 'write' : 'read'}`;
 
@@ -155,15 +171,7 @@ async function compareQueues(): Promise<void> {
       onConsole: (l) => process.env.VERBOSE && console.error(l),
     });
     if (run.exitCode !== 0) throw new Error(`the guest script failed (${run.exitCode}):\n${run.output}`);
-    const results = new Map<string, { bytes: number; ops: number }>();
-    for (const line of run.output.split('\n')) {
-      const m = /^RESULT (\S+) (\S+) (\d+) (\d+)$/.exec(line.trim());
-      if (m) results.set(`${m[1]}/${m[2]}`, { bytes: Number(m[3]), ops: Number(m[4]) });
-    }
-    const figure = (who: string, key: string) => {
-      const r = results.get(`${who}/${key}`);
-      return r === undefined ? undefined : key.startsWith('seq') ? r.bytes / 2 ** 20 : r.ops;
-    };
+    const figure = figures(run);
     console.log(`virtiofs-client in a QEMU guest, 1 vs 2 request queues (${transport}): one boot, ${new Date().toISOString().slice(0, 10)}`);
     console.log(
       `guest: ${run.artifacts.kernelRelease}, ${run.accelerator.accel}, 2 vCPUs, 1 GiB; device: vhost-user-fs-pci num-request-queues=2, the reference device (--queues 2) in front of QEMU 7.2's virtiofsd, one function per mount; host: ${cpus().length} CPUs, load ${load} at the start; whole run ${(run.durationMs / 1000).toFixed(0)} s`,
@@ -200,16 +208,7 @@ try {
   const passthroughLl = await buildPassthroughLl(cleanup, CACHE_DIR);
   const run = await runInGuest({ script: guestScript(passthroughLl), sharedDir: shared, timeoutMs: 1_800_000, defaultBudget: 60, label: 'bench:guest', onConsole: (l) => process.env.VERBOSE && console.error(l) });
   if (run.exitCode !== 0) throw new Error(`the guest script failed (${run.exitCode}):\n${run.output}`);
-  const results = new Map<string, { bytes: number; ops: number }>();
-  for (const line of run.output.split('\n')) {
-    const m = /^RESULT (\S+) (\S+) (\d+) (\d+)$/.exec(line.trim());
-    if (m) results.set(`${m[1]}/${m[2]}`, { bytes: Number(m[3]), ops: Number(m[4]) });
-  }
-  const figure = (who: string, key: string) => {
-    const r = results.get(`${who}/${key}`);
-    if (!r) return undefined;
-    return key === 'seqwrite' || key === 'seqread' ? r.bytes / 2 ** 20 : r.ops;
-  };
+  const figure = figures(run);
   const unit = (key: string) => (key === 'seqwrite' || key === 'seqread' ? 'MiB/s' : 'ops/s');
   console.log(`virtiofs-client in a QEMU guest beside the guest kernel's virtio_fs: one boot, ${new Date().toISOString().slice(0, 10)}`);
   console.log(

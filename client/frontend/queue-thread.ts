@@ -44,7 +44,7 @@ import { DATA_AT, REPLY_AT, REQUEST_ROOM, WRITE_HEAD } from '../fuse/slot-layout
 import { setSegments, toRegion } from '../virtio/buffer-pool.ts';
 import { WireTranslation } from '../fuse/wire-translation.ts';
 import { Opcode, fuse_in_header, fuse_out_header, opcodeName } from '../protocol/index.ts';
-import type { QueueLoan } from '../virtio/virtio-fs-device.ts';
+import { adoptLoan, type QueueLoan } from '../virtio/virtio-fs-device.ts';
 import { Virtqueue, type UsedRingProblem } from '../virtio/virtqueue.ts';
 import { PollAdvisor } from './poll-advisor.ts';
 import { ForgetMailbox } from './forget-mailbox.ts';
@@ -177,15 +177,7 @@ export class QueueThread {
     this.post = post;
     const loan = setup.loan;
     const region = new RegionMirror(loan.region);
-    this.queue = new Virtqueue<number>({
-      name: loan.name,
-      region,
-      offset: loan.ringOffset,
-      size: loan.queueSize,
-      features: loan.features,
-      maxIndirectSegments: loan.maxIndirectSegments,
-      adopt: true,
-    });
+    this.queue = adoptLoan(loan, region);
     const log = (line: string) => this.post({ kind: 'log', line });
     const translation = new WireTranslation(resolveArch(setup.clientArch), resolveArch(setup.wireArch), log);
     this.engine = new RequestEngine({ dataRoom: loan.dataRoom, translation, log });

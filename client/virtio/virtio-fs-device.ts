@@ -16,7 +16,7 @@ import {
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
 } from './features.ts';
-import { Virtqueue, type UsedRingProblem } from './virtqueue.ts';
+import { Virtqueue, type UsedRingProblem, type VirtqueueShare } from './virtqueue.ts';
 
 export const HIPRIO_QUEUE = 0;
 
@@ -82,6 +82,23 @@ export interface QueueLoan {
   slotIndices: number[];
   slotSize: number;
   dataRoom: number;
+}
+
+/**
+ * The Virtqueue object a borrowing thread (or the lender, taking a queue back) drives a lent queue
+ * with: the loan's rings adopted as they are, in `region` (that thread's view of the memory).
+ */
+export function adoptLoan(loan: QueueLoan, region: DmaRegion, options: { name?: string; share?: VirtqueueShare } = {}): Virtqueue<number> {
+  return new Virtqueue<number>({
+    name: options.name ?? loan.name,
+    region,
+    offset: loan.ringOffset,
+    size: loan.queueSize,
+    features: loan.features,
+    maxIndirectSegments: loan.maxIndirectSegments,
+    adopt: true,
+    ...(options.share ? { share: options.share } : {}),
+  });
 }
 
 /** One request's buffer: a pool slot. */

@@ -24,8 +24,7 @@ import { opcodeName } from '../../client/protocol/index.ts';
 import { openTransport } from '../../client/transport/open.ts';
 import { QueueShare, type QueueShareLayout } from '../../client/virtio/queue-share.ts';
 import { IDX_WORD } from '../../client/virtio/ring-layout.ts';
-import { VirtioFsDevice, type QueueLoan, type Slot } from '../../client/virtio/virtio-fs-device.ts';
-import { Virtqueue } from '../../client/virtio/virtqueue.ts';
+import { VirtioFsDevice, adoptLoan, type QueueLoan, type Slot } from '../../client/virtio/virtio-fs-device.ts';
 import { NOT_RELAYED, type BackendTerms, type ClientInit } from './negotiation.ts';
 import type { BackendPart } from './queue-worker.ts';
 
@@ -135,7 +134,7 @@ export class BackendRelay {
     if (per < 1) throw new EngineFailure('EIO', `${this.device.freeSlots} backend slots cannot serve ${members} request queues`);
     const loan = this.device.lendQueue(REQUEST_QUEUE, per * members, wakeFds[0]!);
     // Where the share starts harvesting: the used idx now (nothing is in flight).
-    const rings = new Virtqueue({ name: loan.name, region: this.device.memory, offset: loan.ringOffset, size: loan.queueSize, features: loan.features, maxIndirectSegments: loan.maxIndirectSegments, adopt: true });
+    const rings = adoptLoan(loan, this.device.memory);
     const region = this.device.memory.bytes;
     const usedIdx = new Uint16Array(region.buffer, region.byteOffset + loan.ringOffset + rings.layout.usedRing, 2)[IDX_WORD]!;
     const share = QueueShare.create(members, loan.queueSize, usedIdx);

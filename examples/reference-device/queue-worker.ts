@@ -30,7 +30,7 @@ import { describeReply, describeRequest } from '../../client/frontend/trace.ts';
 import { Opcode, ProtocolError, fuse_attr, fuse_attr_out, fuse_getattr_in, fuse_in_header, fuse_out_header, messageShape, opcodeName } from '../../client/protocol/index.ts';
 import { QueueShare, memberRange, type QueueShareLayout } from '../../client/virtio/queue-share.ts';
 import { availRingBytes, usedRingBytes } from '../../client/virtio/ring-layout.ts';
-import type { QueueLoan } from '../../client/virtio/virtio-fs-device.ts';
+import { adoptLoan, type QueueLoan } from '../../client/virtio/virtio-fs-device.ts';
 import { VIRTIO_RING_F_EVENT_IDX, hasFeature } from '../../client/virtio/features.ts';
 import { Virtqueue, type UsedRingProblem } from '../../client/virtio/virtqueue.ts';
 import { RegionMirror } from '../../ffi/dma.ts';
@@ -355,14 +355,8 @@ export class QueueWorker {
     const region = new RegionMirror(loan.region);
     const member = this.setup.member;
     let share: QueueShare | undefined;
-    const queue = new Virtqueue<number>({
+    const queue = adoptLoan(loan, region, {
       name: `backend ${loan.name} (${this.setup.name})`,
-      region,
-      offset: loan.ringOffset,
-      size: loan.queueSize,
-      features: loan.features,
-      maxIndirectSegments: loan.maxIndirectSegments,
-      adopt: true,
       share: { ...memberRange(member, layout.members, layout.size), publish: (head) => share!.publish(head) },
     });
     const block = region.bytes.byteOffset + loan.ringOffset;
