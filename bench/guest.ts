@@ -20,7 +20,13 @@ import { Cleanup } from './lib/cleanup.ts';
 import { buildPassthroughLl } from './lib/passthrough-ll.ts';
 
 const { values } = parseArgs({
-  options: { seconds: { type: 'string', default: '5' }, transport: { type: 'string', default: 'vfio' }, 'queues-compare': { type: 'boolean', default: false } },
+  options: {
+    seconds: { type: 'string', default: '5' },
+    transport: { type: 'string', default: 'vfio' },
+    'queues-compare': { type: 'boolean', default: false },
+    /** Node options for our client's processes in the guest (NODE_OPTIONS), e.g. --jitless. */
+    'client-node-options': { type: 'string', default: '' },
+  },
 });
 const seconds = Number(values.seconds);
 const transports = values.transport === 'both' ? ['vfio', 'uio'] : [values.transport!];
@@ -90,7 +96,7 @@ const clientRun = (transport: string) => `
   ${transport === 'vfio' ? GUEST_SH.bindVfio : GUEST_SH.bindUio}
   mkdir -p /tmp/mnt-${transport}
   vm_step ${transport}-mount 60
-  ${GUEST_SH.cli('mount', '--transport', transport === 'vfio' ? 'vfio:$BDF' : 'uio:${UIO#/dev/}', `/tmp/mnt-${transport}`)} || exit 1
+  ${values['client-node-options'] ? `NODE_OPTIONS=${JSON.stringify(values['client-node-options'])} ` : ''}${GUEST_SH.cli('mount', '--transport', transport === 'vfio' ? 'vfio:$BDF' : 'uio:${UIO#/dev/}', `/tmp/mnt-${transport}`)} || exit 1
   ${workloads(transport, `/tmp/mnt-${transport}`)}
   vm_step ${transport}-status 60
   ${GUEST_SH.cli('status', `/tmp/mnt-${transport}`)} | grep -E 'transport|interrupt|per request|READ |CREATE ' | sed 's/^/STATUS ${transport}: /'
@@ -212,7 +218,7 @@ try {
   const unit = (key: string) => (key === 'seqwrite' || key === 'seqread' ? 'MiB/s' : 'ops/s');
   console.log(`virtiofs-client in a QEMU guest beside the guest kernel's virtio_fs: one boot, ${new Date().toISOString().slice(0, 10)}`);
   console.log(
-    `guest: ${run.artifacts.kernelRelease}, ${run.accelerator.accel} (${run.accelerator.why}), 2 vCPUs, 1 GiB; device: vhost-user-fs-pci, QEMU 7.2 virtiofsd (cache=auto); host: ${cpus().length} CPUs, load ${load} at the start; boot ${(run.bootMs / 1000).toFixed(1)} s, whole run ${(run.durationMs / 1000).toFixed(0)} s`,
+    `guest: ${run.artifacts.kernelRelease}, ${run.accelerator.accel} (${run.accelerator.why}), 2 vCPUs, 1 GiB; device: vhost-user-fs-pci, QEMU 7.2 virtiofsd (cache=auto)${values['client-node-options'] ? `; client with NODE_OPTIONS=${values['client-node-options']}` : ''}; host: ${cpus().length} CPUs, load ${load} at the start; boot ${(run.bootMs / 1000).toFixed(1)} s, whole run ${(run.durationMs / 1000).toFixed(0)} s`,
   );
   const columns = ['ptll', ...transports];
   const header = ['workload', 'kernel', ...columns.flatMap((t) => [t === 'ptll' ? 'C passthrough_ll over kernel' : t, `${t === 'ptll' ? 'C' : t}/kernel`])];
