@@ -151,6 +151,14 @@ test('2 request queues: the guest kernel virtio_fs mounts the reference device b
   t.is(served.get('request1'), undefined, `the guest's 6.1 kernel used request0 only: ${[...served].join(' ')}`);
 });
 
+/** status's queues line, after checking that both request queues carried requests. */
+function bothQueuesCarried(t: ExecutionContext, status: readonly string[]): string {
+  const queues = status.find((l) => l.startsWith('queues')) ?? '';
+  const counts = Object.fromEntries([...queues.matchAll(/(request\d+|hiprio) (\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
+  t.true(counts.request0! > 0 && counts.request1! > 0, `both request queues carried requests: ${queues}`);
+  return queues;
+}
+
 test('2 request queues: our client over VFIO no-IOMMU, MSI-X, each request queue on its own thread and vector, 4 writers and readers', async (t) => {
   if (!requireRoot(t)) return;
   const o = await boot(t);
@@ -162,9 +170,7 @@ test('2 request queues: our client over VFIO no-IOMMU, MSI-X, each request queue
   t.true(o.onHost.vfio, 'the files written over VFIO reached the host intact');
   const status = o.r.get('STATUS_VFIO') ?? [];
   t.true(status.includes('interrupts  msix'), `status: ${status.join(' | ')}`);
-  const queues = status.find((l) => l.startsWith('queues')) ?? '';
-  const counts = Object.fromEntries([...queues.matchAll(/(request\d+|hiprio) (\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
-  t.true(counts.request0! > 0 && counts.request1! > 0, `both request queues carried requests: ${queues}`);
+  const queues = bothQueuesCarried(t, status);
   t.regex(queues, /each waiting on its own queue signal/, 'every queue thread waits on its own MSI-X vector');
   const served = o.served[1]!;
   t.true((served.get('request0') ?? 0) > 0 && (served.get('request1') ?? 0) > 0, `the device served both request queues: ${[...served].join(' ')}`);
@@ -188,9 +194,7 @@ test('2 request queues: our client over UIO falls back to INTx; both request que
   t.true(o.onHost.uio, 'the files written over UIO reached the host intact');
   const status = o.r.get('STATUS_UIO') ?? [];
   t.true(status.includes('interrupts  intx'), `status: ${status.join(' | ')}`);
-  const queues = status.find((l) => l.startsWith('queues')) ?? '';
-  const counts = Object.fromEntries([...queues.matchAll(/(request\d+|hiprio) (\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
-  t.true(counts.request0! > 0 && counts.request1! > 0, `both request queues carried requests: ${queues}`);
+  const queues = bothQueuesCarried(t, status);
   t.regex(queues, /woken by the main thread/, 'with INTx the main thread wakes the queue threads');
   const served = o.served[2]!;
   t.true((served.get('request0') ?? 0) > 0 && (served.get('request1') ?? 0) > 0, `the device served both request queues: ${[...served].join(' ')}`);

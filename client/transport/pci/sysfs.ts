@@ -56,10 +56,10 @@ const NOIOMMU_PARAM = '/sys/module/vfio/parameters/enable_unsafe_noiommu_mode';
  * cannot now, and what to do; undefined when nothing stands in the way (an IOMMU, the mode on, or
  * vfio not loaded yet: loadCommand then names the option).
  */
-function noIommuBlocker(): string | undefined {
+function noIommuBlocker(address: string): string | undefined {
   if (hasIommu() || !existsSync('/sys/module/vfio')) return undefined;
   if (!existsSync(NOIOMMU_PARAM)) {
-    return "there is no IOMMU and this kernel's vfio has no no-IOMMU mode (CONFIG_VFIO_NOIOMMU is not set, as in Debian's kernels): use uio_pci_generic ('modprobe uio_pci_generic && virtiofs-client bind <address> uio_pci_generic'), or boot with the IOMMU on (intel_iommu=on or amd_iommu=on)";
+    return `there is no IOMMU and this kernel's vfio has no no-IOMMU mode (CONFIG_VFIO_NOIOMMU is not set, as in Debian's kernels): use uio_pci_generic ('modprobe uio_pci_generic && virtiofs-client bind ${address} uio_pci_generic'), or boot with the IOMMU on (intel_iommu=on or amd_iommu=on)`;
   }
   if (readFileSync(NOIOMMU_PARAM, 'utf8').trim() !== 'Y') return `there is no IOMMU and vfio's no-IOMMU mode is off: run 'echo Y > ${NOIOMMU_PARAM}'`;
   return undefined;
@@ -91,8 +91,8 @@ export function bindAdvice(address: string, driver: 'vfio-pci' | 'uio_pci_generi
 export function bindDriver(address: string, driver: string): void {
   const dir = `${DEVICES}/${address}`;
   if (!existsSync(dir)) throw new TransportError(`no PCI function ${address} (see virtiofs-client devices)`, 'ENOENT');
-  const blocker = driver === 'vfio-pci' ? noIommuBlocker() : undefined;
-  if (blocker) throw new TransportError(`vfio-pci cannot take ${address}: ${blocker.replace('<address>', address)}`, 'ENODEV');
+  const blocker = driver === 'vfio-pci' ? noIommuBlocker(address) : undefined;
+  if (blocker) throw new TransportError(`vfio-pci cannot take ${address}: ${blocker}`, 'ENODEV');
   const load = loadCommand(driver);
   if (load) throw new TransportError(`driver ${driver} is not loaded: run '${load}' first`, 'ENOENT');
   if (existsSync(`${dir}/driver`)) writeFileSync(`${dir}/driver/unbind`, address);
@@ -101,7 +101,7 @@ export function bindDriver(address: string, driver: string): void {
   const now = boundDriver(address);
   if (now !== driver) {
     // vfio loaded meanwhile (vfio-pci pulled it in) without the mode: say so rather than 'see dmesg'.
-    const why = driver === 'vfio-pci' ? noIommuBlocker() : undefined;
-    throw new TransportError(why ? `vfio-pci cannot take ${address}: ${why.replace('<address>', address)}` : `${address}: ${driver} did not take it (bound to ${now ?? 'nothing'}; see dmesg)`, 'EIO');
+    const why = driver === 'vfio-pci' ? noIommuBlocker(address) : undefined;
+    throw new TransportError(why ? `vfio-pci cannot take ${address}: ${why}` : `${address}: ${driver} did not take it (bound to ${now ?? 'nothing'}; see dmesg)`, 'EIO');
   }
 }
