@@ -36,20 +36,32 @@ export const DEFAULT_POLL_US = 50;
  * the device side needs aligned buffers.
  */
 export const SLOT_HEADERS = 12 * 1024;
-/** Data area where memory is contiguous: FUSE's 256 pages. */
-const LARGE_SLOT = SLOT_HEADERS + 256 * 4096;
-/** Where memory is contiguous only per chunk (2 MiB hugepages): slots that tile it. */
-const CHUNKED_SLOT = 256 * 1024;
+/**
+ * Data area: FUSE's 256 pages (1 MiB), also where device memory is contiguous only per 2 MiB
+ * hugepage: a slot then crosses at most one chunk boundary, and the virtqueue gives each side of it
+ * a descriptor of its own.
+ */
+const SLOT_BYTES = SLOT_HEADERS + 256 * 4096;
 const PAGE = 4096;
-/** A request takes at most four segments (in header+args, data; out header+fixed, data): one indirect table of four. */
-const MAX_INDIRECT_SEGMENTS = 4;
+/**
+ * A request takes at most four segments (in header+args, data; out header+fixed, data), five
+ * descriptors when its slot crosses a chunk boundary: one indirect table of eight.
+ */
+const MAX_INDIRECT_SEGMENTS = 8;
+const MAX_SEGMENTS = 4;
+/**
+ * Slots by default: hugepage-backed memory (UIO, VFIO) is reserved by the user, and 16 slots with
+ * the rings take 10 of the 16 pages docs/pci-transports.md asks for; elsewhere 64.
+ */
+const DEFAULT_SLOTS = 64;
+const DEFAULT_CHUNKED_SLOTS = 16;
 
 export interface DeviceOptions {
   /** Request queues to use (the device may offer more); default 1. */
   requestQueues?: number;
   /** Descriptors per queue; default 128 (what QEMU allows for virtio-fs), capped by the device. */
   queueSize?: number;
-  /** Requests in flight at once over all queues: the slot count; default 64. */
+  /** Requests in flight at once over all queues: the slot count; default 64 (16 in hugepage memory). */
   maxInFlight?: number;
   /** Poll used rings on the event loop instead of waiting for notifications (lower latency, one core busy). */
   busyPoll?: boolean;
@@ -152,7 +164,7 @@ export class VirtioFsDevice {
     this.log = log ?? ((line) => console.error(`virtiofs-client: ${line}`));
     this.requestQueueCount = requestQueues;
     const chunk = transport.dmaChunkBytes;
-    const slotSize = chunk ? CHUNKED_SLOT : LARGE_SLOT;
+    const slotSize = SLOT_BYTES;
     this.dataRoom = slotSize - SLOT_HEADERS;
     let offset = 0;
     const queueOptions = { features, maxIndirectSegments: MAX_INDIRECT_SEGMENTS };
@@ -163,7 +175,7 @@ export class VirtioFsDevice {
       this.queueOffsets.push(offset);
       offset += align(queueBytes, PAGE);
     }
-    // Slots start on a chunk boundary and tile it, so none straddles one.
+    // Slots start on a chunk boundary; one that straddles the next is split by the virtqueue.
     this.pool = new BufferPool({ region: memory, offset: align(offset, chunk ?? PAGE), slotSize, slotCount: maxInFlight });
     for (let i = 0; i < maxInFlight; i++) {
       const bytes = this.pool.slotBytes(i);
@@ -188,16 +200,17 @@ export class VirtioFsDevice {
       (options.log ?? console.error)(`virtiofs-client: device offers ${offered} request queue(s); using ${requestQueues}`);
     }
     const queueSize = Math.min(options.queueSize ?? 128, ...range(requestQueues + 1).map((i) => transport.maxQueueSize(i)));
-    // A request takes at most four descriptors: the pool never outgrows one queue.
-    const maxInFlight = Math.min(options.maxInFlight ?? 64, Math.floor(queueSize / 4));
+    // Without indirect tables a request takes up to four descriptors, five in chunked memory: the pool never outgrows one queue.
+    const chunk = transport.dmaChunkBytes;
+    const maxDescriptors = chunk ? MAX_SEGMENTS + 1 : MAX_SEGMENTS;
+    const maxInFlight = Math.min(options.maxInFlight ?? (chunk ? DEFAULT_CHUNKED_SLOTS : DEFAULT_SLOTS), Math.floor(queueSize / maxDescriptors));
 
     const queueBytes = align(Virtqueue.bytesNeeded(queueSize, { features, maxIndirectSegments: MAX_INDIRECT_SEGMENTS }), PAGE);
-    const chunk = transport.dmaChunkBytes;
-    if (chunk && (queueBytes > chunk || chunk % CHUNKED_SLOT !== 0)) {
+    if (chunk && (queueBytes > chunk || SLOT_BYTES > chunk)) {
       throw new TransportError(`${transport.description}: DMA chunks of ${chunk} bytes cannot hold the rings and slots`, 'EINVAL');
     }
     const ringsBytes = align((requestQueues + 1) * queueBytes, chunk ?? PAGE);
-    const memory = transport.allocateMemory(ringsBytes + maxInFlight * (chunk ? CHUNKED_SLOT : LARGE_SLOT));
+    const memory = transport.allocateMemory(ringsBytes + maxInFlight * SLOT_BYTES);
     const device = new VirtioFsDevice(transport, memory, features, queueSize, requestQueues, maxInFlight, options.busyPoll ?? false, options.log, options.pollUs ?? DEFAULT_POLL_US);
     transport.onFailure((error) => device.fail(error));
     transport.onConfigChange?.((now, before) => device.configChanged(now, before));

@@ -25,10 +25,16 @@
  * flags access; the constructor refuses to run there rather than corrupt
  * rings.
  *
- * Hot path. add() and drainUsed() allocate nothing (except BigInts when the
- * region is not device-contiguous and error/problem objects on failures):
- * request tokens live in a preallocated array indexed by chain head and the
- * free list is a preallocated Uint16Array.
+ * Hot path. add() and drainUsed() allocate nothing (error/problem objects
+ * only on failures): request tokens live in a preallocated array indexed by
+ * chain head, the free list is a preallocated Uint16Array, and device
+ * addresses come from the region's device-contiguous runs, read once into
+ * typed arrays (no BigInt per descriptor).
+ *
+ * Scatter. A region may be device-contiguous only per run (hugepages by
+ * physical address): a segment that crosses runs becomes one descriptor per
+ * run it touches, as the kernel's scatterlists split at page boundaries. The
+ * device sees one buffer either way.
  */
 import type { DmaRegion } from '../../ffi/dma.ts';
 import { needsEvent } from './event-idx.ts';
@@ -131,7 +137,6 @@ export type VirtqueueErrorCode =
   | 'BAD_CONFIG'
   | 'BAD_SEGMENTS'
   | 'SEGMENT_OUT_OF_REGION'
-  | 'SEGMENT_NOT_CONTIGUOUS'
   | 'CHAIN_TOO_LONG'
   | 'QUEUE_BROKEN'
   | 'REQUESTS_IN_FLIGHT';
@@ -206,10 +211,14 @@ export class Virtqueue<T> {
   private readonly maxIndirectSegments: number;
   private readonly usedEventIndex: number;
   private readonly availEventIndex: number;
-  /** Region is one device-contiguous run: addresses are base + offset, no BigInt per segment. */
-  private readonly deviceContiguous: boolean;
-  private readonly deviceBaseLow: number;
-  private readonly deviceBaseHigh: number;
+  /**
+   * The region's device-contiguous runs, in region order: run r covers [runStart[r], runEnd[r]) at
+   * device address runHigh[r] * 2^32 + runLow[r]. One run when the region is device-contiguous.
+   */
+  private readonly runStart: Float64Array;
+  private readonly runEnd: Float64Array;
+  private readonly runLow: Uint32Array;
+  private readonly runHigh: Uint32Array;
 
   /** Driver-private links: the free list, and the chain order inside in-flight chains. */
   private readonly nextDescriptor: Uint16Array;
@@ -268,10 +277,17 @@ export class Virtqueue<T> {
     this.usedEventIndex = usedEventWord(size);
     this.availEventIndex = availEventWord(size);
 
-    this.deviceContiguous = region.contiguousFrom(0) >= region.size;
-    const base = region.deviceAddress(0);
-    this.deviceBaseLow = Number(base & 0xffff_ffffn);
-    this.deviceBaseHigh = Number(base >> 32n);
+    const runs: { start: number; end: number; address: bigint }[] = [];
+    for (let at = 0; at < region.size; ) {
+      const length = region.contiguousFrom(at);
+      if (!(length > 0)) throw fail(`the region reports no device-contiguous bytes at offset ${at}`);
+      runs.push({ start: at, end: Math.min(region.size, at + length), address: region.deviceAddress(at) });
+      at += length;
+    }
+    this.runStart = Float64Array.from(runs, (r) => r.start);
+    this.runEnd = Float64Array.from(runs, (r) => r.end);
+    this.runLow = Uint32Array.from(runs, (r) => Number(r.address & 0xffff_ffffn));
+    this.runHigh = Uint32Array.from(runs, (r) => Number(r.address >> 32n));
 
     const part = (partName: string, at: number, bytes: number, align: number): bigint => {
       const address = region.deviceAddress(at);
@@ -282,7 +298,7 @@ export class Virtqueue<T> {
     this.descTableAddress = part('descriptor table', offset + layout.descTable, descTableBytes(size), DESC_TABLE_ALIGN);
     this.availRingAddress = part('available ring', offset + layout.availRing, availRingBytes(size), AVAIL_RING_ALIGN);
     this.usedRingAddress = part('used ring', offset + layout.usedRing, usedRingBytes(size), USED_RING_ALIGN);
-    if (this.usesIndirectDescriptors && !this.deviceContiguous) {
+    if (this.usesIndirectDescriptors && runs.length > 1) {
       for (let slot = 0; slot < size; slot++) {
         part(`indirect table ${slot}`, this.indirectTableOffset(slot), layout.indirectTableBytes, DESC_TABLE_ALIGN);
       }
@@ -331,7 +347,8 @@ export class Virtqueue<T> {
 
   /**
    * Makes a request available to the device: device-readable segments first,
-   * then device-writable ones, each inside the region and device-contiguous.
+   * then device-writable ones, each inside the region (a segment that crosses
+   * device-contiguous runs takes one descriptor per run).
    * Returns false, changing nothing, when there are not enough free
    * descriptors (queue the request and retry after drainUsed). Throws
    * VirtqueueError for malformed segment lists and on a broken queue.
@@ -358,24 +375,13 @@ export class Virtqueue<T> {
     if (descriptorsNeeded > this.freeCount) return false;
 
     const head = this.freeHead;
-    let tail = head;
+    let tail: number;
     if (useIndirectTable) {
       const table = this.indirectTableOffset(head);
-      for (let i = 0; i < count; i++) {
-        const next = i + 1 < count ? i + 1 : -1;
-        this.writeSegmentDescriptor(table + i * DESCRIPTOR_BYTES, readable, writable, readableCount, i, next);
-      }
+      tail = this.writeChain(readable, writable, count, head, table);
       this.writeDescriptor(this.descAt(head), table, count * DESCRIPTOR_BYTES, VIRTQ_DESC_F_INDIRECT, 0);
     } else {
-      // The free list is already linked in nextDescriptor: the chain is its first `count` entries.
-      for (let i = 0; i < count; i++) {
-        const next = i + 1 < count ? this.nextDescriptor[tail]! : -1;
-        this.writeSegmentDescriptor(this.descAt(tail), readable, writable, readableCount, i, next);
-        if (next >= 0) {
-          tail = next;
-          this.headState[tail] = NOT_A_HEAD;
-        }
-      }
+      tail = this.writeChain(readable, writable, count, head, -1);
     }
     this.freeHead = this.nextDescriptor[tail]!;
     this.freeCount -= descriptorsNeeded;
@@ -589,8 +595,9 @@ export class Virtqueue<T> {
   }
 
 
-  /** Validates one segment list; returns its segment count. */
+  /** Validates one segment list; returns the descriptors it takes (a segment per run it touches). */
   private checkSegments(segments: Segments, kind: 'readable' | 'writable'): number {
+    let descriptors = 0;
     if (segments.length % 2 !== 0) {
       throw new VirtqueueError('BAD_SEGMENTS', this.name, `${kind} segments are not (offset, length) pairs`);
     }
@@ -603,41 +610,76 @@ export class Virtqueue<T> {
       if (offset! < 0 || offset! + length! > this.region.size) {
         throw new VirtqueueError('SEGMENT_OUT_OF_REGION', this.name, `${kind} segment ${k / 2} [${offset}, +${length}) is outside the ${this.region.size}-byte region`);
       }
-      if (!this.deviceContiguous && this.region.contiguousFrom(offset!) < length!) {
-        throw new VirtqueueError('SEGMENT_NOT_CONTIGUOUS', this.name, `${kind} segment ${k / 2} [${offset}, +${length}) is not device-contiguous`);
+      descriptors += this.runAt(offset! + length! - 1) - this.runAt(offset!) + 1;
+    }
+    return descriptors;
+  }
+
+  /**
+   * Writes the `count` descriptors of (readable ++ writable), each segment split at run boundaries:
+   * into the indirect table at region offset `table`, or (table < 0) along the free list from
+   * `head`. Returns the chain's last descriptor (head itself for a table).
+   */
+  private writeChain(readable: Segments, writable: Segments, count: number, head: number, table: number): number {
+    let tail = head;
+    let at = table >= 0 ? table : this.descAt(head);
+    let written = 0;
+    for (let list = 0; list < 2; list++) {
+      const segments = list === 0 ? readable : writable;
+      const writeFlag = list === 0 ? 0 : VIRTQ_DESC_F_WRITE;
+      for (let k = 0; k < segments.length; k += 2) {
+        let offset = segments[k]!;
+        let remaining = segments[k + 1]!;
+        while (remaining > 0) {
+          const run = this.runAt(offset);
+          const piece = Math.min(remaining, this.runEnd[run]! - offset);
+          written++;
+          if (written === count) {
+            this.writeRunDescriptor(at, run, offset, piece, writeFlag, 0);
+            return tail;
+          }
+          const next = table >= 0 ? written : this.nextDescriptor[tail]!;
+          this.writeRunDescriptor(at, run, offset, piece, writeFlag | VIRTQ_DESC_F_NEXT, next);
+          if (table >= 0) at = table + written * DESCRIPTOR_BYTES;
+          else {
+            tail = next;
+            this.headState[tail] = NOT_A_HEAD;
+            at = this.descAt(tail);
+          }
+          offset += piece;
+          remaining -= piece;
+        }
       }
     }
-    return segments.length / 2;
+    return tail;
   }
 
-  /** Writes segment i of (readable ++ writable) as a descriptor at region offset `at`; next < 0 ends the chain. */
-  private writeSegmentDescriptor(
-    at: number,
-    readable: Segments,
-    writable: Segments,
-    readableCount: number,
-    i: number,
-    next: number,
-  ): void {
-    const isWritable = i >= readableCount;
-    const list = isWritable ? writable : readable;
-    const k = 2 * (isWritable ? i - readableCount : i);
-    const flags = (isWritable ? VIRTQ_DESC_F_WRITE : 0) | (next >= 0 ? VIRTQ_DESC_F_NEXT : 0);
-    this.writeDescriptor(at, list[k]!, list[k + 1]!, flags, next >= 0 ? next : 0);
-  }
-
-  private writeDescriptor(at: number, regionOffset: number, length: number, flags: number, next: number): void {
-    const view = this.view;
-    if (this.deviceContiguous) {
-      const low = this.deviceBaseLow + regionOffset; // < 2^53: exact
-      view.setUint32(at + DESC_ADDR, low >>> 0, true);
-      view.setUint32(at + DESC_ADDR + 4, (this.deviceBaseHigh + Math.floor(low / 2 ** 32)) >>> 0, true);
-    } else {
-      view.setBigUint64(at + DESC_ADDR, this.region.deviceAddress(regionOffset), true);
+  /** The run holding region offset `offset` (binary search over at most a few hundred runs). */
+  private runAt(offset: number): number {
+    const starts = this.runStart;
+    let low = 0;
+    let high = starts.length - 1;
+    while (low < high) {
+      const mid = (low + high + 1) >> 1;
+      if (starts[mid]! <= offset) low = mid;
+      else high = mid - 1;
     }
+    return low;
+  }
+
+  /** A descriptor inside one run (the caller found it); next is ignored without F_NEXT. */
+  private writeRunDescriptor(at: number, run: number, regionOffset: number, length: number, flags: number, next: number): void {
+    const view = this.view;
+    const low = this.runLow[run]! + (regionOffset - this.runStart[run]!); // < 2^33: exact
+    view.setUint32(at + DESC_ADDR, low >>> 0, true);
+    view.setUint32(at + DESC_ADDR + 4, (this.runHigh[run]! + Math.floor(low / 2 ** 32)) >>> 0, true);
     view.setUint32(at + DESC_LEN, length, true);
     view.setUint16(at + DESC_FLAGS, flags, true);
     view.setUint16(at + DESC_NEXT, next, true);
+  }
+
+  private writeDescriptor(at: number, regionOffset: number, length: number, flags: number, next: number): void {
+    this.writeRunDescriptor(at, this.runAt(regionOffset), regionOffset, length, flags, next);
   }
 
   private descAt(index: number): number {

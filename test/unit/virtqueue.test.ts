@@ -146,15 +146,42 @@ test('segment lists are validated before anything is written', (t) => {
   t.is(device.pendingAvailable(), 0);
 });
 
-test('scattered pages: segments must be device-contiguous, addresses come from the region', (t) => {
-  const dma = new FakeDma(4 * 4096, { pageOrder: [2, 3, 0, 1], base: 0x1_0000_0000n });
-  const { queue, device } = setup(8, { features: DIRECT }, dma);
-  // Region pages 0-1 and 2-3 are contiguous runs; 1 -> 2 is not.
-  t.is(t.throws(() => queue.add([8000, 400], [], 'straddles'), { instanceOf: VirtqueueError })!.code, 'SEGMENT_NOT_CONTIGUOUS');
-  t.true(queue.add([4000, 200], [8192, 4096], 'ok'));
-  const chain = device.pop()!;
-  t.deepEqual(chain.readable, [{ offset: 4000, length: 200 }]);
-  t.deepEqual(chain.writable, [{ offset: 8192, length: 4096 }]);
+for (const [label, features] of [
+  ['direct', DIRECT],
+  ['indirect', INDIRECT],
+] as const) {
+  test(`scattered pages (${label}): a segment that crosses runs becomes one descriptor per run, at the region's device addresses`, (t) => {
+    const dma = new FakeDma(4 * 4096, { pageOrder: [2, 3, 0, 1], base: 0x1_0000_0000n });
+    const { queue, device } = setup(8, { features }, dma);
+    // Region pages 0-1 and 2-3 are contiguous runs; 1 -> 2 is not.
+    t.true(queue.add([8000, 400], [4000, 200, 6000, 10000], 'straddles'));
+    t.is(queue.freeDescriptors, features === DIRECT ? 8 - 5 : 7);
+    const chain = device.pop()!;
+    t.deepEqual(chain.readable, [{ offset: 8000, length: 192 }, { offset: 8192, length: 208 }]);
+    t.deepEqual(chain.writable, [{ offset: 4000, length: 200 }, { offset: 6000, length: 2192 }, { offset: 8192, length: 7808 }]);
+    // The device address of a piece is its run's: region 8192 is device page 0 of base 2^32.
+    t.is(dma.deviceAddress(8192), 0x1_0000_0000n);
+    t.true(queue.add([4000, 200], [8192, 4096], 'inside one run each'));
+    const second = device.pop()!;
+    t.deepEqual(second.readable, [{ offset: 4000, length: 200 }]);
+    t.deepEqual(second.writable, [{ offset: 8192, length: 4096 }]);
+  });
+}
+
+test('scattered pages: a chain counts its pieces against the free descriptors and the indirect table', (t) => {
+  const dma = new FakeDma(4 * 4096, { pageOrder: [2, 3, 0, 1] });
+  const direct = setup(4, { features: DIRECT }, dma);
+  t.true(direct.queue.add([0, 16384], [], 'the whole region: two runs, two descriptors'));
+  t.is(direct.queue.freeDescriptors, 2);
+  t.false(direct.queue.add([0, 100], [8000, 400], 'three pieces, two free'));
+  t.is(direct.queue.freeDescriptors, 2, 'a refused add changes nothing');
+  t.deepEqual(direct.device.pop()!.readable, [{ offset: 0, length: 8192 }, { offset: 8192, length: 8192 }]);
+
+  // Two readable segments fit a 2-entry indirect table; split into three pieces they do not: direct chain.
+  const indirect = setup(8, { features: INDIRECT, maxIndirectSegments: 2 }, new FakeDma(4 * 4096, { pageOrder: [2, 3, 0, 1] }));
+  t.true(indirect.queue.add([0, 100], [8000, 400], 'three pieces'));
+  t.is(indirect.queue.freeDescriptors, 5);
+  t.deepEqual(indirect.device.pop()!.writable, [{ offset: 8000, length: 192 }, { offset: 8192, length: 208 }]);
 });
 
 test('works over a SharedArrayBuffer too', (t) => {
