@@ -146,6 +146,7 @@ const c = {
     'int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)',
   ),
   umount2: lib.func('int umount2(const char *target, int flags)'),
+  prctl: lib.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)'),
 };
 
 /** Throws an ErrnoError for a negative result; must run right after the call. */
@@ -387,6 +388,16 @@ export function epollWait(epfd: number, buffer: EpollEventBuffer, timeoutMs: num
   const errno = koffi.errno();
   if (errno === EINTR) return 0;
   throw new ErrnoError('epoll_wait', errno);
+}
+
+const PR_SET_TIMERSLACK = 29;
+const PR_GET_TIMERSLACK = 30;
+
+/** The calling thread's timer slack (prctl PR_SET_TIMERSLACK); returns the one it had. */
+export function setTimerSlackNs(ns: number): number {
+  const before = check('prctl', c.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0));
+  check('prctl', c.prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0));
+  return before;
 }
 
 /**

@@ -22,6 +22,11 @@ function render(s: RelayStatus): string {
       ? [`  per request prepare ${s.phases.prepareUs} us, device ${s.phases.deviceUs} us, reply ${s.phases.replyUs} us (client-side means over ${s.phases.requests})`]
       : []),
     ...(s.interrupts ? [`  interrupts  ${s.interrupts}`] : []),
+    ...(s.polling
+      ? [
+          s.polling.busy ? '  polling     always (--busy-poll)' : `  polling     ${s.polling.budgetUs > 0 ? `up to ${s.polling.budgetUs} us before sleeping` : 'never'}${s.polling.wakeUpUs !== undefined ? ` (a wake-up costs ${s.polling.wakeUpUs} us here, measured at mount)` : ' (--poll-us)'}`,
+        ]
+      : []),
     ...(s.queues
       ? [
           `  queues      ${s.queues.map((q) => `${q.name} ${q.requests}${q.ownSignal ? '' : ' (woken by the main thread)'}`).join(', ')} (requests, one thread each${s.queues.every((q) => q.ownSignal) ? ', each waiting on its own queue signal' : ''})`,
