@@ -99,7 +99,7 @@ const clientRun = (transport: string) => `
   ${values['client-node-options'] ? `NODE_OPTIONS=${JSON.stringify(values['client-node-options'])} ` : ''}${GUEST_SH.cli('mount', '--transport', transport === 'vfio' ? 'vfio:$BDF' : 'uio:${UIO#/dev/}', `/tmp/mnt-${transport}`)} || exit 1
   ${workloads(transport, `/tmp/mnt-${transport}`)}
   vm_step ${transport}-status 60
-  ${GUEST_SH.cli('status', `/tmp/mnt-${transport}`)} | grep -E 'transport|interrupt|per request|READ |CREATE ' | sed 's/^/STATUS ${transport}: /'
+  ${GUEST_SH.cli('status', `/tmp/mnt-${transport}`)} | grep -E 'transport|interrupt|polling|timing|per request|READ |CREATE ' | sed 's/^/STATUS ${transport}: /'
   vm_step ${transport}-unmount 60
   ${GUEST_SH.cli('unmount', `/tmp/mnt-${transport}`)} || exit 1
   vm_wait_relay_exit /tmp/mnt-${transport} || exit 1

@@ -22,6 +22,9 @@ function render(s: RelayStatus): string {
       ? [`  per request prepare ${s.phases.prepareUs} us, device ${s.phases.deviceUs} us, reply ${s.phases.replyUs} us (client-side means over ${s.phases.requests})`]
       : []),
     ...(s.interrupts ? [`  interrupts  ${s.interrupts}`] : []),
+    ...(s.timing && s.timing.every > 1
+      ? [`  timing      one request in ${s.timing.every} (a clock read costs ${s.timing.clockReadUs} us here); the others are counted`]
+      : []),
     ...(s.polling
       ? [
           s.polling.busy ? '  polling     always (--busy-poll)' : `  polling     ${s.polling.budgetUs > 0 ? `up to ${s.polling.budgetUs} us before sleeping` : 'never'}${s.polling.wakeUpUs !== undefined ? ` (a wake-up costs ${s.polling.wakeUpUs} us here, measured at mount)` : ' (--poll-us)'}`,
@@ -29,7 +32,7 @@ function render(s: RelayStatus): string {
       : []),
     ...(s.queues
       ? [
-          `  queues      ${s.queues.map((q) => `${q.name} ${q.requests}${q.ownSignal ? '' : ' (woken by the main thread)'}`).join(', ')} (requests, one thread each${s.queues.every((q) => q.ownSignal) ? ', each waiting on its own queue signal' : ''})`,
+          `  queues      ${s.queues.map((q) => `${q.name} ${q.requests}${q.onThreadOf ? ` (on ${q.onThreadOf}'s thread, no notifications)` : q.ownSignal ? '' : ' (woken by the main thread)'}`).join(', ')} (requests${s.queues.some((q) => q.onThreadOf) ? '' : ', one thread each'}${s.queues.every((q) => q.ownSignal || q.onThreadOf) ? ', each waiting on its own queue signal' : ''})`,
         ]
       : []),
     `  ${'opcode'.padEnd(14)} ${'count'.padStart(9)} ${'errors'.padStart(7)} ${'p50 ms'.padStart(8)} ${'p90 ms'.padStart(8)} ${'p99 ms'.padStart(8)}`,

@@ -5,7 +5,7 @@
  * request, and the main thread summarises all of them when asked (plain reads of numbers another
  * thread writes: a summary may be a request behind, never torn in a way that matters).
  */
-import { opcodeName } from '../protocol/opcodes.ts';
+import { Opcode, opcodeName } from '../protocol/opcodes.ts';
 
 /** Latencies kept per opcode: the most recent ones, enough for stable percentiles. */
 const WINDOW = 512;
@@ -13,7 +13,9 @@ const WINDOW = 512;
 const ROWS = 64;
 const COUNT = 0;
 const ERRORS = 1;
-const LATENCIES = 2;
+/** Requests whose latency was measured (all, or a sample where the clock is slow: machine-costs.ts). */
+const TIMED = 2;
+const LATENCIES = 3;
 const ROW = LATENCIES + WINDOW;
 /** After the rows: requests timed in phases, then the sums of each phase (ms). */
 const PHASES_AT = ROWS * ROW;
@@ -56,11 +58,19 @@ export class OpStats {
     this.cells = new Float64Array(buffer);
   }
 
+  /** A request that finished after `latencyMs`. */
   record(opcode: number, latencyMs: number, failed: boolean): void {
     const row = (opcode >>> 0 < ROWS ? opcode : 0) * ROW;
-    const count = this.cells[row + COUNT]!;
-    this.cells[row + LATENCIES + (count % WINDOW)] = latencyMs;
-    this.cells[row + COUNT] = count + 1;
+    const timed = this.cells[row + TIMED]!;
+    this.cells[row + LATENCIES + (timed % WINDOW)] = latencyMs;
+    this.cells[row + TIMED] = timed + 1;
+    this.count(opcode, failed);
+  }
+
+  /** A request that finished untimed: counted, no latency. */
+  count(opcode: number, failed: boolean): void {
+    const row = (opcode >>> 0 < ROWS ? opcode : 0) * ROW;
+    this.cells[row + COUNT]!++;
     if (failed) this.cells[row + ERRORS]!++;
   }
 
@@ -103,7 +113,7 @@ export class OpStats {
         if (n === 0) continue;
         count += n;
         errors += s.cells[row + ERRORS]!;
-        latencies.push(...s.cells.subarray(row + LATENCIES, row + LATENCIES + Math.min(n, WINDOW)));
+        latencies.push(...s.cells.subarray(row + LATENCIES, row + LATENCIES + Math.min(s.cells[row + TIMED]!, WINDOW)));
       }
       if (count === 0) continue;
       latencies.sort((a, b) => a - b);
@@ -118,6 +128,11 @@ export class OpStats {
     let n = 0;
     for (let opcode = 0; opcode < ROWS; opcode++) n += this.cells[opcode * ROW + COUNT]!;
     return n;
+  }
+
+  /** FORGET and BATCH_FORGET requests recorded (what went to the hiprio queue). */
+  forgets(): number {
+    return this.cells[Opcode.FORGET * ROW + COUNT]! + this.cells[Opcode.BATCH_FORGET * ROW + COUNT]!;
   }
 
   summary(): OpcodeSummary[] {

@@ -26,9 +26,6 @@
  * Nothing here allocates; all state is typed arrays and numbers.
  */
 
-import { performance } from 'node:perf_hooks';
-import { EPOLL_CLOEXEC, EpollEventBuffer, close, epollCreate1, epollWait, setTimerSlackNs } from '../../ffi/libc.ts';
-
 /** Groups: log2 of a request's bytes, 0 ... 2^32; then one for the idle gap. */
 const GAP = 33;
 const GROUPS = GAP + 1;
@@ -129,40 +126,3 @@ export class PollAdvisor {
   }
 }
 
-/** Bounds of a measured poll budget (us). */
-export const MIN_MEASURED_BUDGET_US = 10;
-export const MAX_MEASURED_BUDGET_US = 1000;
-
-/**
- * What waking a sleeping thread costs this machine (us): the least overshoot of `samples` 1 ms
- * sleeps in epoll_wait with the timer slack at 1 ns, on the calling thread. The overshoot is the
- * path every completion wake-up takes too: the (virtual) CPU leaves its idle state, the interrupt,
- * the scheduler. On this project's 2-vCPU KVM machine it is ~40 us; in a QEMU TCG guest ~200 us.
- * The least of several is what it costs when nothing competes for the CPU. ~samples ms.
- */
-export function measureWakeUpUs(samples = 9): number {
-  const epfd = epollCreate1(EPOLL_CLOEXEC);
-  const events = new EpollEventBuffer(1);
-  const slack = setTimerSlackNs(1);
-  try {
-    let least = Infinity;
-    for (let i = 0; i < samples; i++) {
-      const start = performance.now();
-      epollWait(epfd, events, 1);
-      least = Math.min(least, (performance.now() - start - 1) * 1000);
-    }
-    return Math.max(0, least);
-  } finally {
-    setTimerSlackNs(slack);
-    close(epfd);
-  }
-}
-
-/**
- * The poll budget for a machine whose wake-up costs `wakeUpUs`: the wake-up itself (the
- * ski-rental rule: spin at most as long as what sleeping would cost, and never pay more than twice
- * the best choice), within [MIN_MEASURED_BUDGET_US, MAX_MEASURED_BUDGET_US].
- */
-export function pollBudgetFor(wakeUpUs: number): number {
-  return Math.round(Math.min(MAX_MEASURED_BUDGET_US, Math.max(MIN_MEASURED_BUDGET_US, wakeUpUs)));
-}

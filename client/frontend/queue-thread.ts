@@ -35,8 +35,6 @@ import {
   epollCtl,
   epollWait,
   readvInto,
-  signalEventFd,
-  viewMemory,
   writevFrom,
 } from '../../ffi/libc.ts';
 import { EngineFailure, READLINK_MAX, ReplySpace, RequestEngine, isRelayable } from '../fuse/engine.ts';
@@ -44,8 +42,9 @@ import { DATA_AT, REPLY_AT, REQUEST_ROOM, WRITE_HEAD } from '../fuse/slot-layout
 import { setSegments, toRegion } from '../virtio/buffer-pool.ts';
 import { WireTranslation } from '../fuse/wire-translation.ts';
 import { Opcode, fuse_in_header, fuse_out_header, opcodeName } from '../protocol/index.ts';
-import { adoptLoan, type QueueLoan } from '../virtio/virtio-fs-device.ts';
+import { QueueDoorbell, adoptLoan, type QueueLoan } from '../virtio/virtio-fs-device.ts';
 import { Virtqueue, type UsedRingProblem } from '../virtio/virtqueue.ts';
+import { HiprioSender } from './hiprio-sender.ts';
 import { PollAdvisor } from './poll-advisor.ts';
 import { ForgetMailbox } from './forget-mailbox.ts';
 import { OpStats } from './op-stats.ts';
@@ -70,9 +69,12 @@ export interface QueueThreadSetup {
   wakeFd: number;
   /** Int32 words: CONTROL_STOP (set by the main thread), CONTROL_IN_FLIGHT (set by this one). */
   control: SharedArrayBuffer;
-  mailbox: SharedArrayBuffer;
+  /** With several request threads: where they put FORGETs for the hiprio thread. */
+  mailbox?: SharedArrayBuffer;
   /** The mailbox's doorbell eventfd (the hiprio thread waits on it). */
-  mailboxFd: number;
+  mailboxFd?: number;
+  /** With one request thread (role 'request'): the hiprio queue, which it drives itself (hiprio-sender.ts). */
+  hiprioLoan?: QueueLoan;
   stats: SharedArrayBuffer;
   clientArch: string;
   wireArch: string;
@@ -84,6 +86,13 @@ export interface QueueThreadSetup {
    * 0: sleep at once. (QEMU's iothreads do the same with poll-max-ns.)
    */
   pollUs: number;
+  /**
+   * Time one request in this many (1: every one). Where a clock read is a system call (a TCG
+   * guest's HPET, 3-9 us) the five reads of a timed request cost more than the figures tell:
+   * machine-costs.ts measures and chooses. Untimed requests are counted, not timed; timeouts and
+   * the poll advisor use the thread's last clock reading, taken at least at every wake-up.
+   */
+  timeEvery: number;
   /** Request threads of the mount: with several, one that waits on the device leaves new requests to the others. */
   requestThreads: number;
   trace: boolean;
@@ -103,6 +112,8 @@ export type QueueThreadMessage =
   /** `broken`: why the thread found its queue broken (a corrupt used ring), if it did: the device is. */
   | { kind: 'exit'; reason: string; inFlight: number; broken?: string };
 
+/** Busy loop turns (no sleep, no poll) between clock readings, for timeouts. */
+const CLOCK_EVERY_TURNS = 8;
 const TOKEN_SOURCE = 1;
 const TOKEN_CALL = 2;
 const TOKEN_WAKE = 3;
@@ -129,10 +140,11 @@ export class QueueThread {
   private readonly engine: RequestEngine;
   private readonly stats: OpStats;
   private readonly control: Int32Array;
-  private readonly mailbox: ForgetMailbox;
+  private readonly mailbox: ForgetMailbox | undefined;
+  private readonly hiprio: HiprioSender | undefined;
   private readonly epfd: number;
   private readonly events = new EpollEventBuffer(8);
-  private readonly notifyWord: Uint16Array | undefined;
+  private readonly doorbell: QueueDoorbell;
 
   // Per slot, built once.
   private readonly slotBytes: Uint8Array[] = [];
@@ -160,6 +172,14 @@ export class QueueThread {
   private nextTimeoutCheck = 0;
   /** Whether polling before sleeping pays, learned per request size (poll-advisor.ts). */
   private readonly advisor: PollAdvisor;
+  /** Per slot: timed (1) or only counted (0); see QueueThreadSetup.timeEvery. */
+  private readonly timed: Uint8Array;
+  /** xorshift32 state: which requests are timed is random, so no workload's period aliases with it. */
+  private sampleState = 0x9e3779b9;
+  /** The last clock reading (ms): taken on every wake-up, while polling, and for timed requests. */
+  private clock = 0;
+  /** Loop turns since the last reading, when no sleep or poll took one. */
+  private turnsSinceClock = 0;
 
   // Scratch segment lists (Virtqueue.add copies them into descriptors before it returns).
   private readonly readable = [0, 0, 0, 0];
@@ -183,8 +203,12 @@ export class QueueThread {
     this.engine = new RequestEngine({ dataRoom: loan.dataRoom, translation, log });
     this.stats = new OpStats(setup.stats);
     this.control = new Int32Array(setup.control);
-    this.mailbox = new ForgetMailbox(setup.mailbox, setup.mailboxFd);
-    if (loan.signals.notifyAddress !== undefined) this.notifyWord = new Uint16Array(viewMemory(loan.signals.notifyAddress, 2));
+    this.mailbox = setup.mailbox !== undefined ? new ForgetMailbox(setup.mailbox, setup.mailboxFd!) : undefined;
+    this.hiprio = setup.hiprioLoan !== undefined ? new HiprioSender(setup.hiprioLoan, region) : undefined;
+    if (setup.role === 'hiprio' ? !this.mailbox : !this.mailbox === !this.hiprio) {
+      throw new Error(`${setup.loan.name}: FORGETs need ${setup.role === 'hiprio' ? 'the mailbox' : 'either the mailbox or the hiprio queue'}`);
+    }
+    this.doorbell = new QueueDoorbell(loan.signals);
 
     const count = loan.slotOffsets.length;
     this.opcodes = new Int32Array(count);
@@ -195,6 +219,8 @@ export class QueueThread {
     this.free = new Int32Array(count);
     this.atDevice = new Uint8Array(count);
     this.abandoned = new Uint8Array(count);
+    this.timed = new Uint8Array(count);
+    this.clock = performance.now();
     for (let s = 0; s < count; s++) {
       const offset = loan.slotOffsets[s]!;
       const bytes = region.bytes.subarray(offset, offset + loan.slotSize);
@@ -228,15 +254,27 @@ export class QueueThread {
 
   /** Serves until unmounted, told to stop, or the device fails; returns why. */
   run(): string {
+    const reason = this.serve();
+    // What this thread put on hiprio comes back before the queue goes back to the main thread.
+    if (this.hiprio && reason === 'unmounted' && this.hiprio.finish(this.setup.finishTimeoutMs) > 0) {
+      this.post({ kind: 'log', line: `${this.hiprio.name}: ${this.hiprio.requestsInFlight} FORGETs still with the device after ${this.setup.finishTimeoutMs} ms; leaving them` });
+    }
+    return reason;
+  }
+
+  private serve(): string {
     let finishDeadline = 0;
     try {
       while (this.exitReason === undefined) {
         let n: number;
-        if (finishDeadline > 0) n = epollWait(this.epfd, this.events, 50);
-        else if (this.setup.busyPoll) n = epollWait(this.epfd, this.events, 0);
-        else {
+        if (finishDeadline > 0) n = this.sleep(50);
+        else if (this.setup.busyPoll) {
+          n = epollWait(this.epfd, this.events, 0);
+          if (++this.turnsSinceClock >= CLOCK_EVERY_TURNS) this.now();
+        } else {
           n = this.poll();
-          if (n < 0) n = epollWait(this.epfd, this.events, this.sleepMs());
+          if (n < 0) n = this.sleep(this.sleepMs());
+          else if (++this.turnsSinceClock >= CLOCK_EVERY_TURNS) this.now();
         }
         if (this.setup.requestTimeoutMs > 0 && this.inFlight > this.abandonedCount) this.expireOverdue();
         for (let i = 0; i < n; i++) if (this.events.tokenAt(i) === TOKEN_SOURCE) this.sourceReady = true;
@@ -271,6 +309,19 @@ export class QueueThread {
     }
   }
 
+  /** Sleeps in epoll_wait up to `timeoutMs` (-1: no limit); reads the clock on waking. */
+  private sleep(timeoutMs: number): number {
+    const n = epollWait(this.epfd, this.events, timeoutMs);
+    this.now();
+    return n;
+  }
+
+  /** Reads the clock (ms) into this.clock. */
+  private now(): number {
+    this.turnsSinceClock = 0;
+    return (this.clock = performance.now());
+  }
+
   /**
    * Polls up to pollUs for work: a used entry while requests are at the device, or any fd ready.
    * Returns the events found (0: completions to drain), or -1 when nothing came: sleep then.
@@ -285,14 +336,14 @@ export class QueueThread {
     // over the queues instead of piling onto whichever thread polls.
     const alone = this.setup.requestThreads <= 1;
     if (this.inFlight > 0 ? !this.advisor.pollForCompletion : !(alone && this.advisor.pollForRequest)) return -1;
-    const end = performance.now() + budget / 1000;
+    const end = this.now() + budget / 1000;
     do {
       if (this.inFlight > 0 && this.queue.hasUsed()) return 0;
       if (alone) {
         const n = epollWait(this.epfd, this.events, 0);
         if (n > 0) return n;
       }
-    } while (performance.now() < end);
+    } while (this.now() < end);
     return -1;
   }
 
@@ -307,7 +358,7 @@ export class QueueThread {
    * used entry, as Linux's virtio_fs leaves a request's buffers to a device that may still write them.
    */
   private expireOverdue(): void {
-    const now = performance.now();
+    const now = this.clock;
     if (now < this.nextTimeoutCheck) return;
     const timeout = this.setup.requestTimeoutMs;
     this.nextTimeoutCheck = now + this.timeoutCheckMs;
@@ -321,7 +372,8 @@ export class QueueThread {
       this.abandoned[s] = 1;
       this.abandonedCount++;
       if (this.setup.role === 'request') this.replyError(s, EIO);
-      this.stats.record(opcode, now - this.started[s]!, true);
+      if (this.timed[s] === 1) this.stats.record(opcode, now - this.started[s]!, true);
+      else this.stats.count(opcode, true);
     }
   }
 
@@ -333,7 +385,8 @@ export class QueueThread {
   private leftDevice(s: number, deviceUs: number, answered: boolean): boolean {
     this.inFlight--;
     this.atDevice[s] = 0;
-    this.advisor.completed(s, deviceUs, answered);
+    // An untimed request's device time is not known: the advisor does not learn from it.
+    this.advisor.completed(s, deviceUs, answered && this.timed[s] === 1);
     if (this.abandoned[s] === 0) return false;
     this.abandoned[s] = 0;
     this.abandonedCount--;
@@ -343,17 +396,18 @@ export class QueueThread {
 
   /** Why the queue is broken (the device wrote a corrupt used ring), or undefined. */
   get broken(): string | undefined {
-    return this.queue.brokenReason === undefined ? undefined : `${this.queue.name}: ${this.queue.brokenReason}`;
+    return this.queue.brokenReason === undefined ? this.hiprio?.broken : `${this.queue.name}: ${this.queue.brokenReason}`;
   }
 
+  /** Requests the device still holds: this queue's, and the hiprio queue's when this thread drives it. */
   get requestsInFlight(): number {
-    return this.inFlight;
+    return this.inFlight + (this.hiprio?.requestsInFlight ?? 0);
   }
 
   // --- reading requests -----------------------------------------------------------------
 
   private sourceFd(): number {
-    return this.setup.role === 'request' ? this.setup.fuseFd : this.setup.mailboxFd;
+    return this.setup.role === 'request' ? this.setup.fuseFd : this.setup.mailboxFd!;
   }
 
   private watchSource(on: boolean): void {
@@ -377,7 +431,7 @@ export class QueueThread {
 
   /** Takes requests while the source has them and a slot is free. */
   private pump(): void {
-    if (this.setup.role === 'hiprio') drainEventFd(this.setup.mailboxFd);
+    if (this.setup.role === 'hiprio') drainEventFd(this.setup.mailboxFd!);
     while (this.freeCount > 0 && !this.sourceClosed) {
       const s = this.free[--this.freeCount]!;
       const n = this.setup.role === 'request' ? readvInto(this.setup.fuseFd, this.readIov[s]!, 2) : this.takeForget(s);
@@ -415,9 +469,7 @@ export class QueueThread {
     }
     const opcode = view.getUint32(OPCODE_AT, true);
     this.opcodes[s] = opcode;
-    const started = performance.now();
-    this.started[s] = started;
-    this.advisor.arrived(started);
+    const timed = this.arrived(s);
     if (!isRelayable(opcode)) {
       if (this.setup.trace) this.trace(`-> ${opcodeName(opcode)} unique ${view.getBigUint64(UNIQUE_AT, true)}: not relayed, ENOSYS`);
       this.replyError(s, ENOSYS);
@@ -431,8 +483,10 @@ export class QueueThread {
       return this.finish(s, false);
     }
     if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET) {
-      const ok = this.mailbox.put(bytes, Math.min(n, WRITE_HEAD), this.slotData[s]!, n > WRITE_HEAD ? n - WRITE_HEAD : 0);
-      if (!ok) this.post({ kind: 'log', line: `${opcodeName(opcode)}: the hiprio queue took nothing for 2 s; dropped` });
+      const head = Math.min(n, WRITE_HEAD);
+      const rest = n > WRITE_HEAD ? n - WRITE_HEAD : 0;
+      const ok = this.hiprio ? this.hiprio.send(bytes, head, this.slotData[s]!, rest) : this.mailbox!.put(bytes, head, this.slotData[s]!, rest);
+      if (!ok && !this.hiprio?.broken) this.post({ kind: 'log', line: `${opcodeName(opcode)}: the hiprio queue took nothing for 2 s; dropped` });
       return this.finish(s, !ok);
     }
     try {
@@ -456,7 +510,7 @@ export class QueueThread {
       if (!this.queue.add(this.regionReadable, this.regionWritable, s)) {
         throw new EngineFailure('EIO', `${this.queue.name} has no free descriptors`);
       }
-      this.submitted[s] = performance.now();
+      this.submitted[s] = timed ? this.now() : this.clock;
       this.atDevice[s] = 1;
       this.inFlight++;
       this.advisor.submitted(s, n + space.room.data);
@@ -465,18 +519,38 @@ export class QueueThread {
     }
   }
 
+  /**
+   * A request arrived in slot `s`: timed (its start read off the clock) or, between samples, started
+   * at the last clock reading. Returns whether it is timed.
+   */
+  private arrived(s: number): boolean {
+    const every = this.setup.timeEvery;
+    let timed = every <= 1;
+    if (!timed) {
+      let x = this.sampleState;
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      this.sampleState = x >>> 0;
+      timed = this.sampleState % every === 0;
+    }
+    this.timed[s] = timed ? 1 : 0;
+    // Untimed, the last reading is fresh enough for the idle gap: it was taken on waking or polling, just before the read.
+    this.started[s] = timed ? this.now() : this.clock;
+    this.advisor.arrived(this.started[s]!);
+    return timed;
+  }
+
   /** The next FORGET record into slot `s`: its length, or -EAGAIN when the mailbox is empty. */
   private takeForget(s: number): number {
-    const n = this.mailbox.take(this.slotBytes[s]!);
+    const n = this.mailbox!.take(this.slotBytes[s]!);
     return n < 0 ? -EAGAIN : n;
   }
 
   private submitForget(s: number, n: number): void {
     this.opcodes[s] = this.slotViews[s]!.getUint32(OPCODE_AT, true);
-    const started = performance.now();
-    this.started[s] = started;
-    this.submitted[s] = started;
-    this.advisor.arrived(started);
+    this.arrived(s);
+    this.submitted[s] = this.started[s]!;
     const base = this.slotBase[s]!;
     setSegments(this.regionReadable, base, n, 0, 0);
     this.regionReadable.length = 2;
@@ -492,9 +566,7 @@ export class QueueThread {
   }
 
   private kick(): void {
-    const signals = this.setup.loan.signals;
-    if (signals.kickFd !== undefined) signalEventFd(signals.kickFd);
-    else Atomics.store(this.notifyWord!, 0, signals.notifyValue!);
+    this.doorbell.ring();
   }
 
   // --- completions ----------------------------------------------------------------------
@@ -502,9 +574,10 @@ export class QueueThread {
   private complete(): void {
     const q = this.queue;
     const before = this.inFlight;
+    this.hiprio?.reclaim();
     do {
       q.drainUsed(this.onUsed, this.onProblem);
-      if (q.brokenReason) {
+      if (q.brokenReason || this.hiprio?.broken) {
         const broken = this.broken!;
         this.post({ kind: 'log', line: broken });
         this.abort();
@@ -513,11 +586,13 @@ export class QueueThread {
       }
     } while (!this.setup.busyPoll && !q.enableCallbacks());
     Atomics.store(this.control, CONTROL_IN_FLIGHT, this.inFlight);
-    if (this.inFlight === 0 && before > 0) this.advisor.idle(performance.now());
+    // The idle gap is timed whatever the clock costs: polling for the next request saves a wake-up per request.
+    if (this.inFlight === 0 && before > 0) this.advisor.idle(this.now());
   }
 
   private readonly onUsed = (s: number, usedLen: number): void => {
-    const usedAt = performance.now();
+    const timed = this.timed[s] === 1;
+    const usedAt = timed ? this.now() : this.clock;
     if (this.leftDevice(s, (usedAt - this.submitted[s]!) * 1000, true)) return;
     if (this.setup.role === 'hiprio') return this.finish(s, false);
     const opcode = this.opcodes[s]!;
@@ -546,8 +621,10 @@ export class QueueThread {
       }
     }
     this.write(s, count);
-    const submitted = this.submitted[s]!;
-    this.stats.recordPhases(submitted - this.started[s]!, usedAt - submitted, performance.now() - usedAt);
+    if (timed) {
+      const submitted = this.submitted[s]!;
+      this.stats.recordPhases(submitted - this.started[s]!, usedAt - submitted, this.now() - usedAt);
+    }
     this.finish(s, errno !== 0);
   };
 
@@ -596,7 +673,8 @@ export class QueueThread {
   }
 
   private finish(s: number, failed: boolean): void {
-    this.stats.record(this.opcodes[s]!, performance.now() - this.started[s]!, failed);
+    if (this.timed[s] === 1) this.stats.record(this.opcodes[s]!, this.now() - this.started[s]!, failed);
+    else this.stats.count(this.opcodes[s]!, failed);
     this.release(s);
   }
 
@@ -607,6 +685,7 @@ export class QueueThread {
 
   /** The device is gone: every request in flight fails with EIO now, so no application waits on it. */
   private abort(): void {
+    this.hiprio?.abort();
     this.queue.failAll('device failed', (s) => {
       if (this.leftDevice(s, 0, false)) return;
       if (this.setup.role === 'request') this.replyError(s, EIO);

@@ -36,7 +36,7 @@ import { HIPRIO_QUEUE, VirtioFsDevice, type DeviceOptions, type QueueLoan, type 
 import { ForgetMailbox } from './forget-mailbox.ts';
 import { FuseMount } from './fuse-mount.ts';
 import { OpStats, type OpcodeSummary, type PhaseSummary } from './op-stats.ts';
-import { measureWakeUpUs, pollBudgetFor } from './poll-advisor.ts';
+import { measureClockReadUs, measureWakeUpUs, pollBudgetFor, timeEveryFor } from './machine-costs.ts';
 import { ABORT, CONTROL_IN_FLIGHT, CONTROL_STOP, CONTROL_WORDS, FINISH, type QueueThreadMessage, type QueueThreadSetup } from './queue-thread.ts';
 
 /** Slots the hiprio thread gets for FORGETs; the request queues share the rest. */
@@ -53,6 +53,8 @@ export interface RelayOptions extends DeviceOptions, Omit<SessionOptions, 'initF
   mountFlags?: readonly string[];
   /** Called with one decoded line per request and per reply. */
   trace?: (line: string) => void;
+  /** Time one request in this many (default: machine-costs.ts decides from a measured clock read). */
+  timeEvery?: number;
 }
 
 export interface RelayStatus {
@@ -69,22 +71,26 @@ export interface RelayStatus {
    * on hiprio), and whether it waits on its queue's own completion signal (a PCI function's MSI-X
    * vector, a vhost-user call eventfd) or is woken by the main thread (INTx, polling).
    */
-  queues?: { name: string; requests: number; ownSignal: boolean }[];
+  queues?: { name: string; requests: number; ownSignal: boolean; onThreadOf?: string }[];
   /** How a PCI transport hears completions (msix, intx, polling); absent for vhost-user. */
   interrupts?: string;
   /** Mean time per relayed request inside the client, by phase (the relay only). */
   phases?: PhaseSummary;
   /**
    * How long the request threads poll before sleeping (us): --poll-us, or (`wakeUpUs` given) what a
-   * wake-up measured at mount time (poll-advisor.ts measureWakeUpUs).
+   * wake-up measured at mount time (machine-costs.ts measureWakeUpUs).
    */
   polling?: { budgetUs: number; wakeUpUs?: number; busy?: boolean };
+  /** One request in `every` is timed (phases, latencies): every one unless a clock read is slow here (machine-costs.ts). */
+  timing?: { every: number; clockReadUs: number };
   operations: OpcodeSummary[];
 }
 
 /** A queue lent to its thread. */
 interface QueueWorker {
   readonly loan: QueueLoan;
+  /** The hiprio queue, when this (the only) request thread drives it too. */
+  readonly hiprioLoan?: QueueLoan;
   readonly worker: Worker;
   readonly wake: EventFd;
   readonly control: Int32Array;
@@ -108,6 +114,8 @@ export class FuseRelay {
   /** The request threads' poll budget (us), and the wake-up it was measured from (undefined: --poll-us). */
   private readonly pollBudgetUs: number;
   private readonly wakeUpUs: number | undefined;
+  private readonly clockReadUs: number;
+  private readonly timeEvery: number;
 
   private constructor(
     private readonly mount: FuseMount,
@@ -119,6 +127,8 @@ export class FuseRelay {
     // Unless told, poll as long as a wake-up costs here: ~40 us on a KVM machine, ~200 us under TCG.
     this.wakeUpUs = options.pollUs === undefined && !options.busyPoll ? measureWakeUpUs() : undefined;
     this.pollBudgetUs = options.pollUs ?? (this.wakeUpUs === undefined ? 0 : pollBudgetFor(this.wakeUpUs));
+    this.clockReadUs = measureClockReadUs();
+    this.timeEvery = options.timeEvery ?? timeEveryFor(this.clockReadUs);
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     device.onFailure((error) => this.teardown(`device failed: ${error.message}`));
     process.once('exit', this.onProcessExit);
@@ -182,9 +192,13 @@ export class FuseRelay {
       archOutcome: this.session.init.arch.outcome,
       wireArch: this.session.wireArch.name,
       inFlight: this.workers.reduce((n, w) => n + Atomics.load(w.control, CONTROL_IN_FLIGHT), 0),
-      queues: this.workers.map((w) => ({ name: w.loan.name, requests: w.stats.total(), ownSignal: w.loan.signals.callFd !== undefined })),
+      queues: this.workers.flatMap((w) => [
+        { name: w.loan.name, requests: w.stats.total(), ownSignal: w.loan.signals.callFd !== undefined },
+        ...(w.hiprioLoan ? [{ name: w.hiprioLoan.name, requests: w.stats.forgets(), ownSignal: false, onThreadOf: w.loan.name }] : []),
+      ]),
       ...interruptsOf(this.device.transport),
       phases: OpStats.phases(this.workers.map((w) => w.stats)),
+      timing: { every: this.timeEvery, clockReadUs: Math.round(this.clockReadUs * 1000) / 1000 },
       polling: { budgetUs: this.pollBudgetUs, ...(this.options.busyPoll ? { busy: true } : {}), ...(this.wakeUpUs !== undefined ? { wakeUpUs: Math.round(this.wakeUpUs * 10) / 10 } : {}) },
       operations: OpStats.summary(this.workers.filter((w) => w.role === 'request').map((w) => w.stats)),
     };
@@ -223,37 +237,44 @@ export class FuseRelay {
   // --- the queue threads ------------------------------------------------------------
 
   /**
-   * Lends every queue to a thread of its own: request queue i reads the mount's descriptor
-   * (queue 1) or a clone of it, the hiprio queue the FORGET mailbox. The slots are shared out;
-   * one stays here for DESTROY at the end.
+   * Lends each request queue to a thread of its own: request queue i reads the mount's descriptor
+   * (queue 1) or a clone of it. With one request queue its thread drives hiprio too, putting
+   * FORGETs there itself (hiprio-sender.ts); with several, a hiprio thread takes them from the
+   * FORGET mailbox. The slots are shared out; one stays here for DESTROY at the end.
    */
   private startThreads(): void {
     const requestQueues = this.device.requestQueueCount;
     const free = this.device.freeSlots - 1;
     const perQueue = Math.floor((free - HIPRIO_SLOTS) / requestQueues);
     if (perQueue < 1) throw new ErrnoError('relay', errnoNumber('EINVAL'), `${free} slots cannot serve ${requestQueues} request queues`);
-    this.mailboxFd = new EventFd();
-    const mailbox = ForgetMailbox.create(WRITE_HEAD + this.device.dataRoom);
+    const ownHiprio = requestQueues === 1;
+    let mailbox: SharedArrayBuffer | undefined;
+    if (!ownHiprio) {
+      this.mailboxFd = new EventFd();
+      mailbox = ForgetMailbox.create(WRITE_HEAD + this.device.dataRoom);
+    }
     const translation = this.session.translation;
-    for (let qi = HIPRIO_QUEUE; qi <= requestQueues; qi++) {
+    for (let qi = ownHiprio ? HIPRIO_QUEUE + 1 : HIPRIO_QUEUE; qi <= requestQueues; qi++) {
       const role = qi === HIPRIO_QUEUE ? 'hiprio' : 'request';
       const wake = new EventFd();
       const control = new Int32Array(new SharedArrayBuffer(CONTROL_WORDS * 4));
       const stats = new OpStats();
       const loan = this.device.lendQueue(qi, role === 'hiprio' ? HIPRIO_SLOTS : perQueue, wake.fd);
+      const hiprioLoan = ownHiprio ? this.device.lendQueue(HIPRIO_QUEUE, HIPRIO_SLOTS, wake.fd) : undefined;
       const setup: QueueThreadSetup = {
         role,
         loan,
         fuseFd: role === 'hiprio' ? -1 : qi === 1 ? this.mount.fd : this.mount.cloneFd(),
         wakeFd: wake.fd,
         control: control.buffer as SharedArrayBuffer,
-        mailbox,
-        mailboxFd: this.mailboxFd.fd,
+        ...(mailbox ? { mailbox, mailboxFd: this.mailboxFd!.fd } : {}),
+        ...(hiprioLoan ? { hiprioLoan } : {}),
         stats: stats.buffer,
         clientArch: translation.client.name,
         wireArch: translation.wire.name,
         busyPoll: this.options.busyPoll ?? false,
         pollUs: role === 'hiprio' ? 0 : this.pollBudgetUs,
+        timeEvery: this.timeEvery,
         requestThreads: requestQueues,
         trace: this.options.trace !== undefined,
         finishTimeoutMs: FINISH_TIMEOUT_MS,
@@ -261,7 +282,7 @@ export class FuseRelay {
         requestTimeoutMs: role === 'hiprio' ? 0 : (this.options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
       };
       const worker = startThread(new URL('./queue-thread-main.ts', import.meta.url), setup, loan.name);
-      const entry: QueueWorker = { loan, worker, wake, control, stats, role, exited: false, leftInFlight: 0 };
+      const entry: QueueWorker = { loan, ...(hiprioLoan ? { hiprioLoan } : {}), worker, wake, control, stats, role, exited: false, leftInFlight: 0 };
       this.workers.push(entry);
       worker.on('message', (m: QueueThreadMessage) => this.onThreadMessage(entry, m));
       worker.on('error', (e) => {
@@ -331,11 +352,13 @@ export class FuseRelay {
     for (const w of this.workers) {
       w.wake.close();
       if (!quiet) continue;
-      try {
-        this.device.reclaimQueue(w.loan);
-      } catch (e) {
-        this.log(`${w.loan.name}: ${(e as Error).message}; not sending DESTROY`);
-        quiet = false;
+      for (const loan of w.hiprioLoan ? [w.loan, w.hiprioLoan] : [w.loan]) {
+        try {
+          this.device.reclaimQueue(loan);
+        } catch (e) {
+          this.log(`${loan.name}: ${(e as Error).message}; not sending DESTROY`);
+          quiet = false;
+        }
       }
     }
     this.mailboxFd?.close();

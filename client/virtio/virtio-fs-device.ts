@@ -7,7 +7,7 @@
  * This layer moves slots through queues; it knows nothing of FUSE semantics.
  */
 import { describeRegion, type DmaRegion, type SharedRegionInfo } from '../../ffi/dma.ts';
-import { signalEventFd } from '../../ffi/libc.ts';
+import { signalEventFd, viewMemory } from '../../ffi/libc.ts';
 import type { QueueSignals, VirtioFsConfig, VirtioTransport } from '../transport/transport.ts';
 import { TransportError } from '../transport/transport.ts';
 import { BufferPool, toRegion } from './buffer-pool.ts';
@@ -111,6 +111,28 @@ export function adoptLoan(loan: QueueLoan, region: DmaRegion, options: { name?: 
     adopt: true,
     ...(options.share ? { share: options.share } : {}),
   });
+}
+
+/**
+ * The doorbell of a lent queue, for the thread it is lent to: a write to its kick eventfd
+ * (vhost-user), or a 16-bit store to its PCI notify register. Built once; ringing allocates nothing.
+ */
+export class QueueDoorbell {
+  private readonly kickFd: number | undefined;
+  private readonly notifyWord: Uint16Array | undefined;
+  private readonly notifyValue: number;
+
+  constructor(signals: QueueSignals) {
+    this.kickFd = signals.kickFd;
+    this.notifyWord = signals.notifyAddress !== undefined ? new Uint16Array(viewMemory(signals.notifyAddress, 2)) : undefined;
+    this.notifyValue = signals.notifyValue ?? 0;
+    if (this.kickFd === undefined && this.notifyWord === undefined) throw new TransportError('a lent queue without a doorbell', 'EINVAL');
+  }
+
+  ring(): void {
+    if (this.kickFd !== undefined) signalEventFd(this.kickFd);
+    else Atomics.store(this.notifyWord!, 0, this.notifyValue);
+  }
 }
 
 /** One request's buffer: a pool slot. */

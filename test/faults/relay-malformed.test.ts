@@ -68,11 +68,17 @@ interface FakeMount {
 }
 
 /** The relay mounted over a fresh fault-injecting device (request timeout `timeoutMs`), unmounted after `fn`. */
-async function withFakeMount(timeoutMs: number | undefined, fn: (m: FakeMount) => Promise<void>): Promise<void> {
+async function withFakeMount(timeoutMs: number | undefined, fn: (m: FakeMount) => Promise<void>, timeEvery?: number): Promise<void> {
   const mnt = mkdtempSync(join(tmpdir(), 'vfs-relay-fault-'));
   const fake = new FakeVirtioFs();
   const logs: string[] = [];
-  const relay = await FuseRelay.mount({ transport: fake, mountpoint: mnt, ...(timeoutMs ? { timeoutMs } : {}), log: (line) => logs.push(line) });
+  const relay = await FuseRelay.mount({
+    transport: fake,
+    mountpoint: mnt,
+    ...(timeoutMs ? { timeoutMs } : {}),
+    ...(timeEvery ? { timeEvery } : {}),
+    log: (line) => logs.push(line),
+  });
   try {
     await fn({ mnt, fake, relay, logs });
   } finally {
@@ -97,32 +103,40 @@ for (const c of MALFORMED_CASES) {
   });
 }
 
-test('through a mount: a reply that never comes gives the application EIO after the request timeout, one log line; the slot comes back when the device answers late', async (t) => {
-  if (!requireRoot(t)) return;
-  const timeoutMs = 500;
-  await withFakeMount(timeoutMs, async ({ mnt, fake, relay, logs }) => {
-    // The same call answered, for what this machine takes now (spawning dd is most of it).
-    let started = performance.now();
-    t.is((await provoke(mnt, 'READ')).status, 0);
-    const answered = performance.now() - started;
-    fake.faultNext('READ', () => 'hold');
-    started = performance.now();
-    const bad = await provoke(mnt, 'READ');
-    const took = performance.now() - started;
-    t.not(bad.status, 0);
-    t.regex(bad.stderr, /Input\/output error/, 'the application sees EIO');
-    t.log(`EIO after ${Math.round(took)} ms (timeout ${timeoutMs} ms; answered, the call took ${Math.round(answered)} ms)`);
-    t.true(took >= timeoutMs, 'not before the timeout');
-    t.true(took < 4 * (answered + timeoutMs), 'and not much after it');
-    const lines = logs.filter((l) => /READ unique \d+: no reply from the device after 500 ms/.test(l));
-    t.is(lines.length, 1, logs.join('\n'));
-    t.is(fake.held.length, 1, 'the device still holds the request');
-    t.is(relay.status().inFlight, 1, 'its slot stays with the device');
-    t.is(fake.answerHeld(), 1);
-    await until(() => relay.status().inFlight === 0, 2000, 'the late answer frees the slot');
-    await stillWorks(t, mnt, fake, relay);
+// timeEvery 16: what a machine with a slow clock (a TCG guest) runs: most requests untimed, timeouts
+// from the thread's last clock reading.
+for (const timeEvery of [1, 16]) {
+  test(`through a mount (one request in ${timeEvery} timed): a reply that never comes gives the application EIO after the request timeout, one log line; the slot comes back when the device answers late`, async (t) => {
+    if (!requireRoot(t)) return;
+    const timeoutMs = 500;
+    await withFakeMount(timeoutMs, async ({ mnt, fake, relay, logs }) => {
+      // The same call answered, for what this machine takes now (spawning dd is most of it).
+      let started = performance.now();
+      t.is((await provoke(mnt, 'READ')).status, 0);
+      const answered = performance.now() - started;
+      fake.faultNext('READ', () => 'hold');
+      started = performance.now();
+      const bad = await provoke(mnt, 'READ');
+      const took = performance.now() - started;
+      t.not(bad.status, 0);
+      t.regex(bad.stderr, /Input\/output error/, 'the application sees EIO');
+      t.log(`EIO after ${Math.round(took)} ms (timeout ${timeoutMs} ms; answered, the call took ${Math.round(answered)} ms)`);
+      t.true(took >= timeoutMs, 'not before the timeout');
+      t.true(took < 4 * (answered + timeoutMs), 'and not much after it');
+      const lines = logs.filter((l) => /READ unique \d+: no reply from the device after 500 ms/.test(l));
+      t.is(lines.length, 1, logs.join('\n'));
+      t.is(fake.held.length, 1, 'the device still holds the request');
+      t.is(relay.status().inFlight, 1, 'its slot stays with the device');
+      t.is(fake.answerHeld(), 1);
+      await until(() => relay.status().inFlight === 0, 2000, 'the late answer frees the slot');
+      await stillWorks(t, mnt, fake, relay);
+      const status = relay.status();
+      t.is(status.timing?.every, timeEvery);
+      const reads = status.operations.find((o) => o.opcode === 'READ');
+      t.true(reads !== undefined && reads.count >= 3 && reads.errors === 1, JSON.stringify(reads));
+    }, timeEvery);
   });
-});
+}
 
 test('through a mount: unmounting does not wait for a request the device never answered', async (t) => {
   if (!requireRoot(t)) return;

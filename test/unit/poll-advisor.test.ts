@@ -101,3 +101,12 @@ test('the idle gap: polls for the next request while requests follow within the 
   t.true(polled < 20);
   t.true(a.idleRate < 0.5);
 });
+
+test('an untimed completion (a slow clock) ends the poll and teaches nothing', (t) => {
+  const a = new PollAdvisor(4, BUDGET);
+  a.submitted(0, SMALL);
+  t.true(a.pollForCompletion);
+  a.completed(0, 5000, false);
+  t.false(a.pollForCompletion);
+  t.is(a.rateOf(PollAdvisor.group(SMALL)), 1);
+});
