@@ -123,6 +123,7 @@ const c = {
   ftruncate: lib.func(`int ftruncate${off64}(int fd, int64_t length)`),
   mmap: lib.func(`void *mmap${off64}(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)`),
   munmap: lib.func('int munmap(void *addr, size_t length)'),
+  madvise: lib.func('int madvise(void *addr, size_t length, int advice)'),
   close: lib.func('int close(int fd)'),
   read: lib.func('intptr_t read(int fd, void *buf, size_t count)'),
   write: lib.func('intptr_t write(int fd, const void *buf, size_t count)'),
@@ -172,6 +173,13 @@ export function mmap(length: number, protection: number, flags: number, fd: numb
 
 export function munmap(address: bigint, length: number): void {
   check('munmap', c.munmap(address, length));
+}
+
+/** madvise(2) advice (generic Linux values). */
+export const MADV_DONTFORK = 10;
+
+export function madvise(address: bigint, length: number, advice: number): void {
+  check('madvise', c.madvise(address, length, advice));
 }
 
 /**
