@@ -35,11 +35,15 @@ const WEIGHT = 1 / 8;
 const THRESHOLD = 0.5;
 /** One request in this many of a group not polled for is polled for anyway, to re-measure. */
 export const PROBE_EVERY = 16;
+/** A group's first completions are all worth timing (where the clock is slow and requests are sampled). */
+export const LEARN_FIRST = 32;
 
 export class PollAdvisor {
   readonly budgetUs: number;
   private readonly rate = new Float64Array(GROUPS).fill(1);
   private readonly skipped = new Int32Array(GROUPS);
+  /** Timed completions each group has learned from. */
+  private readonly learned = new Int32Array(GROUPS);
   private readonly slotGroup: Uint8Array;
   private readonly slotPolled: Uint8Array;
   /** Requests at the device that are worth polling for. */
@@ -89,7 +93,19 @@ export class PollAdvisor {
     const polled = this.slotPolled[s] === 1;
     if (polled) this.pollable--;
     this.slotPolled[s] = 0;
-    if (answered) this.learn(this.slotGroup[s]!, deviceUs, polled);
+    if (!answered) return;
+    this.learned[this.slotGroup[s]!]!++;
+    this.learn(this.slotGroup[s]!, deviceUs, polled);
+  }
+
+  /**
+   * Whether slot `s`'s device time is worth a clock read (only asked where the clock is slow and
+   * requests are sampled): its group has taught fewer than LEARN_FIRST, or it is a probe of a group
+   * not polled for (untimed, a probe would teach nothing).
+   */
+  wantsTiming(s: number): boolean {
+    const g = this.slotGroup[s]!;
+    return this.learned[g]! < LEARN_FIRST || (this.slotPolled[s] === 1 && this.rate[g]! < THRESHOLD);
   }
 
   /** Whether to poll for a completion now. */

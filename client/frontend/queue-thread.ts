@@ -89,8 +89,10 @@ export interface QueueThreadSetup {
   /**
    * Time one request in this many (1: every one). Where a clock read is a system call (a TCG
    * guest's HPET, 3-9 us) the five reads of a timed request cost more than the figures tell:
-   * machine-costs.ts measures and chooses. Untimed requests are counted, not timed; timeouts and
-   * the poll advisor use the thread's last clock reading, taken at least at every wake-up.
+   * machine-costs.ts measures and chooses. Then a request is timed from its submission when the
+   * poll advisor wants its device time (a size's first 32, probes) or one time in timeEvery by
+   * lot; the others are counted. Timeouts use the thread's last clock reading, taken at every
+   * wake-up, while polling, and at least every CLOCK_EVERY_TURNS busy turns.
    */
   timeEvery: number;
   /** Request threads of the mount: with several, one that waits on the device leaves new requests to the others. */
@@ -469,7 +471,7 @@ export class QueueThread {
     }
     const opcode = view.getUint32(OPCODE_AT, true);
     this.opcodes[s] = opcode;
-    const timed = this.arrived(s);
+    this.arrived(s);
     if (!isRelayable(opcode)) {
       if (this.setup.trace) this.trace(`-> ${opcodeName(opcode)} unique ${view.getBigUint64(UNIQUE_AT, true)}: not relayed, ENOSYS`);
       this.replyError(s, ENOSYS);
@@ -510,35 +512,37 @@ export class QueueThread {
       if (!this.queue.add(this.regionReadable, this.regionWritable, s)) {
         throw new EngineFailure('EIO', `${this.queue.name} has no free descriptors`);
       }
-      this.submitted[s] = timed ? this.now() : this.clock;
+      this.advisor.submitted(s, n + space.room.data);
+      // With a slow clock: timed when the advisor needs this one's device time, or by lot.
+      if (this.timed[s] === 0 && (this.advisor.wantsTiming(s) || this.drawSample())) this.timed[s] = 1;
+      this.submitted[s] = this.timed[s] === 1 ? this.now() : this.clock;
       this.atDevice[s] = 1;
       this.inFlight++;
-      this.advisor.submitted(s, n + space.room.data);
     } catch (e) {
       this.failRequest(s, opcode, e);
     }
   }
 
   /**
-   * A request arrived in slot `s`: timed (its start read off the clock) or, between samples, started
-   * at the last clock reading. Returns whether it is timed.
+   * A request arrived in slot `s`. Where a clock read is cheap it is timed from here; with a slow
+   * clock it starts at the last reading (taken on waking or polling, just before the read) and is
+   * timed from its submission only if handleRequest draws it.
    */
-  private arrived(s: number): boolean {
-    const every = this.setup.timeEvery;
-    let timed = every <= 1;
-    if (!timed) {
-      let x = this.sampleState;
-      x ^= x << 13;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      this.sampleState = x >>> 0;
-      timed = this.sampleState % every === 0;
-    }
-    this.timed[s] = timed ? 1 : 0;
-    // Untimed, the last reading is fresh enough for the idle gap: it was taken on waking or polling, just before the read.
-    this.started[s] = timed ? this.now() : this.clock;
+  private arrived(s: number): void {
+    const cheap = this.setup.timeEvery <= 1;
+    this.timed[s] = cheap ? 1 : 0;
+    this.started[s] = cheap ? this.now() : this.clock;
     this.advisor.arrived(this.started[s]!);
-    return timed;
+  }
+
+  /** One in timeEvery, at random (xorshift32): no workload's period aliases with it. */
+  private drawSample(): boolean {
+    let x = this.sampleState;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    this.sampleState = x >>> 0;
+    return this.sampleState % this.setup.timeEvery === 0;
   }
 
   /** The next FORGET record into slot `s`: its length, or -EAGAIN when the mailbox is empty. */

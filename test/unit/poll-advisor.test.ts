@@ -1,5 +1,5 @@
 import test from 'ava';
-import { PROBE_EVERY, PollAdvisor } from '../../client/frontend/poll-advisor.ts';
+import { LEARN_FIRST, PROBE_EVERY, PollAdvisor } from '../../client/frontend/poll-advisor.ts';
 
 const BUDGET = 50;
 const SMALL = 4096 + 80; // a 4 KiB read: head plus reply room
@@ -109,4 +109,24 @@ test('an untimed completion (a slow clock) ends the poll and teaches nothing', (
   a.completed(0, 5000, false);
   t.false(a.pollForCompletion);
   t.is(a.rateOf(PollAdvisor.group(SMALL)), 1);
+});
+
+test("with sampled timing: a size's first LEARN_FIRST completions and its probes want timing, the rest do not", (t) => {
+  const a = new PollAdvisor(4, BUDGET);
+  for (let i = 0; i < LEARN_FIRST; i++) {
+    a.submitted(0, LARGE);
+    t.true(a.wantsTiming(0), `completion ${i} of a young size`);
+    a.completed(0, 300, true);
+  }
+  t.true(a.rateOf(PollAdvisor.group(LARGE)) < 0.5, 'it learned not to poll for 1 MiB writes');
+  let wanted = 0;
+  let probes = 0;
+  for (let i = 0; i < 4 * PROBE_EVERY; i++) {
+    a.submitted(0, LARGE);
+    if (a.pollForCompletion) probes++;
+    if (a.wantsTiming(0)) wanted++;
+    a.completed(0, 300, a.wantsTiming(0));
+  }
+  t.is(probes, 4, 'one probe in PROBE_EVERY');
+  t.is(wanted, probes, 'only the probes want timing');
 });
