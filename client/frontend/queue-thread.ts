@@ -89,10 +89,11 @@ export interface QueueThreadSetup {
   /**
    * Time one request in this many (1: every one). Where a clock read is a system call (a TCG
    * guest's HPET, 3-9 us) the five reads of a timed request cost more than the figures tell:
-   * machine-costs.ts measures and chooses. Then a request is timed from its submission when the
-   * poll advisor wants its device time (a size's first 32, probes) or one time in timeEvery by
-   * lot; the others are counted. Timeouts use the thread's last clock reading, taken at every
-   * wake-up, while polling, and at least every CLOCK_EVERY_TURNS busy turns.
+   * machine-costs.ts measures and chooses. Then one request in timeEvery, by lot, is timed
+   * throughout (its latency and phases are the status figures: a random sample); a request the poll
+   * advisor wants the device time of (a size's first 32, probes) is timed at the device only; the
+   * others are counted. Timeouts use the thread's last clock reading, taken at every wake-up,
+   * while polling, and at least every CLOCK_EVERY_TURNS busy turns.
    */
   timeEvery: number;
   /** Request threads of the mount: with several, one that waits on the device leaves new requests to the others. */
@@ -114,6 +115,13 @@ export type QueueThreadMessage =
   /** `broken`: why the thread found its queue broken (a corrupt used ring), if it did: the device is. */
   | { kind: 'exit'; reason: string; inFlight: number; broken?: string };
 
+/** QueueThread.timed values: counted only; timed at the device (for the poll advisor); timed throughout. */
+const UNTIMED = 0;
+const DEVICE_TIMED = 1;
+const TIMED = 2;
+/** Polling: turns between looks at epoll while requests are at the device, and between reads of a slow clock. */
+const POLL_EPOLL_EVERY = 8;
+const POLL_CLOCK_EVERY = 8;
 /** Busy loop turns (no sleep, no poll) between clock readings, for timeouts. */
 const CLOCK_EVERY_TURNS = 8;
 const TOKEN_SOURCE = 1;
@@ -174,7 +182,7 @@ export class QueueThread {
   private nextTimeoutCheck = 0;
   /** Whether polling before sleeping pays, learned per request size (poll-advisor.ts). */
   private readonly advisor: PollAdvisor;
-  /** Per slot: timed (1) or only counted (0); see QueueThreadSetup.timeEvery. */
+  /** Per slot: UNTIMED, DEVICE_TIMED or TIMED; see QueueThreadSetup.timeEvery. */
   private readonly timed: Uint8Array;
   /** xorshift32 state: which requests are timed is random, so no workload's period aliases with it. */
   private sampleState = 0x9e3779b9;
@@ -339,14 +347,20 @@ export class QueueThread {
     const alone = this.setup.requestThreads <= 1;
     if (this.inFlight > 0 ? !this.advisor.pollForCompletion : !(alone && this.advisor.pollForRequest)) return -1;
     const end = this.now() + budget / 1000;
-    do {
-      if (this.inFlight > 0 && this.queue.hasUsed()) return 0;
-      if (alone) {
+    // A used entry is one load away; a new request and the clock are system calls (the clock a
+    // slow one where timeEvery > 1: under TCG each read of the emulated HPET takes QEMU's big lock,
+    // which the device's notifications need too). So while requests are at the device, epoll is
+    // looked at every POLL_EPOLL_EVERY turns, and a slow clock every POLL_CLOCK_EVERY.
+    const clockEvery = this.setup.timeEvery > 1 ? POLL_CLOCK_EVERY : 1;
+    for (let turn = 1; ; turn++) {
+      const waiting = this.inFlight > 0;
+      if (waiting && this.queue.hasUsed()) return 0;
+      if (alone && (!waiting || turn % POLL_EPOLL_EVERY === 0)) {
         const n = epollWait(this.epfd, this.events, 0);
         if (n > 0) return n;
       }
-    } while (this.now() < end);
-    return -1;
+      if (turn % clockEvery === 0 && this.now() >= end) return -1;
+    }
   }
 
   /** How long to sleep: until the next look at overdue requests while any wait on the device. */
@@ -374,7 +388,7 @@ export class QueueThread {
       this.abandoned[s] = 1;
       this.abandonedCount++;
       if (this.setup.role === 'request') this.replyError(s, EIO);
-      if (this.timed[s] === 1) this.stats.record(opcode, now - this.started[s]!, true);
+      if (this.timed[s] === TIMED) this.stats.record(opcode, now - this.started[s]!, true);
       else this.stats.count(opcode, true);
     }
   }
@@ -388,7 +402,7 @@ export class QueueThread {
     this.inFlight--;
     this.atDevice[s] = 0;
     // An untimed request's device time is not known: the advisor does not learn from it.
-    this.advisor.completed(s, deviceUs, answered && this.timed[s] === 1);
+    this.advisor.completed(s, deviceUs, answered && this.timed[s] !== UNTIMED);
     if (this.abandoned[s] === 0) return false;
     this.abandoned[s] = 0;
     this.abandonedCount--;
@@ -513,9 +527,8 @@ export class QueueThread {
         throw new EngineFailure('EIO', `${this.queue.name} has no free descriptors`);
       }
       this.advisor.submitted(s, n + space.room.data);
-      // With a slow clock: timed when the advisor needs this one's device time, or by lot.
-      if (this.timed[s] === 0 && (this.advisor.wantsTiming(s) || this.drawSample())) this.timed[s] = 1;
-      this.submitted[s] = this.timed[s] === 1 ? this.now() : this.clock;
+      if (this.timed[s] === UNTIMED && this.advisor.wantsTiming(s)) this.timed[s] = DEVICE_TIMED;
+      this.submitted[s] = this.timed[s] !== UNTIMED ? this.now() : this.clock;
       this.atDevice[s] = 1;
       this.inFlight++;
     } catch (e) {
@@ -524,14 +537,14 @@ export class QueueThread {
   }
 
   /**
-   * A request arrived in slot `s`. Where a clock read is cheap it is timed from here; with a slow
-   * clock it starts at the last reading (taken on waking or polling, just before the read) and is
-   * timed from its submission only if handleRequest draws it.
+   * A request arrived in slot `s`: timed from here (every one where a clock read is cheap, one in
+   * timeEvery by lot where it is not), or started at the last reading (taken on waking or polling,
+   * just before the read).
    */
   private arrived(s: number): void {
-    const cheap = this.setup.timeEvery <= 1;
-    this.timed[s] = cheap ? 1 : 0;
-    this.started[s] = cheap ? this.now() : this.clock;
+    const timed = this.setup.timeEvery <= 1 || this.drawSample();
+    this.timed[s] = timed ? TIMED : UNTIMED;
+    this.started[s] = timed ? this.now() : this.clock;
     this.advisor.arrived(this.started[s]!);
   }
 
@@ -595,8 +608,8 @@ export class QueueThread {
   }
 
   private readonly onUsed = (s: number, usedLen: number): void => {
-    const timed = this.timed[s] === 1;
-    const usedAt = timed ? this.now() : this.clock;
+    const timed = this.timed[s] === TIMED;
+    const usedAt = this.timed[s] !== UNTIMED ? this.now() : this.clock;
     if (this.leftDevice(s, (usedAt - this.submitted[s]!) * 1000, true)) return;
     if (this.setup.role === 'hiprio') return this.finish(s, false);
     const opcode = this.opcodes[s]!;
@@ -677,7 +690,7 @@ export class QueueThread {
   }
 
   private finish(s: number, failed: boolean): void {
-    if (this.timed[s] === 1) this.stats.record(this.opcodes[s]!, this.now() - this.started[s]!, failed);
+    if (this.timed[s] === TIMED) this.stats.record(this.opcodes[s]!, this.now() - this.started[s]!, failed);
     else this.stats.count(this.opcodes[s]!, failed);
     this.release(s);
   }
