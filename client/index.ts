@@ -14,4 +14,5 @@ export { MountError, unmount } from './frontend/fuse-mount.ts';
 export { Virtiofsd } from './backends/virtiofsd.ts';
 export type { VirtiofsdOptions } from './backends/virtiofsd.ts';
 export { ErrnoError } from '../ffi/errno.ts';
+export { VirtiofsError } from '../ffi/errors.ts';
 export * as arch from './arch/index.ts';

@@ -4,6 +4,7 @@
  */
 import { constants } from 'node:os';
 import koffi from 'koffi';
+import { VirtiofsError } from './errors.ts';
 
 // strerror is only ever called on the main thread, so its static buffer is safe.
 const strerror: (errno: number) => string | null = koffi
@@ -32,7 +33,7 @@ export function errnoNumber(code: string): number {
   return number;
 }
 
-export class ErrnoError extends Error {
+export class ErrnoError extends VirtiofsError {
   override name = 'ErrnoError';
   /** Symbolic name, as in Node's system errors: 'ENOENT'. */
   readonly code: string;

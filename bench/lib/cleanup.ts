@@ -6,9 +6,11 @@
  * interrupted cannot start the next one on a mount being taken down.
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
-export class Interrupted extends Error {
+export class Interrupted extends VirtiofsError {
   override name = 'Interrupted';
+  readonly code = 'EINTR';
 }
 
 interface Step {

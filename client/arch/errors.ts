@@ -1,3 +1,5 @@
+import { VirtiofsError } from '../../ffi/errors.ts';
+
 /** The kinds of architecture-encoded values FUSE carries. */
 export type ValueKind = 'open' | 'errno' | 'lock' | 'ioctl';
 
@@ -10,7 +12,7 @@ export const kindLabel: Readonly<Record<ValueKind, string>> = {
 };
 
 /** A name that is not an architecture we know (see `architectures`). */
-export class UnknownArchError extends Error {
+export class UnknownArchError extends VirtiofsError {
   override name = 'UnknownArchError';
   /** Stable, for programs. */
   readonly code = 'ERR_ARCH_UNKNOWN';
@@ -28,10 +30,11 @@ export class UnknownArchError extends Error {
  *   target has no same-named counterpart, and its table entry says to refuse
  *   (which is also what a bit without an entry gets).
  */
+
 export type ArchTranslationErrorCode = 'ERR_ARCH_UNDEFINED_VALUE' | 'ERR_ARCH_NO_COUNTERPART';
 
 /** A value that cannot be carried from one architecture's encoding to another's. */
-export class ArchTranslationError extends Error {
+export class ArchTranslationError extends VirtiofsError {
   override name = 'ArchTranslationError';
 
   constructor(

@@ -27,11 +27,12 @@ import {
 } from '../../ffi/libc.ts';
 import { UnixSocket } from '../../ffi/unix-socket.ts';
 import { spawnSync } from 'node:child_process';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 /** The filesystem type our mounts show in /proc/mounts: `fuse.virtiofs-client`. */
 export const FS_TYPE = 'fuse.virtiofs-client';
 
-export class MountError extends Error {
+export class MountError extends VirtiofsError {
   override name = 'MountError';
   constructor(
     message: string,

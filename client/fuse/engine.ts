@@ -27,6 +27,7 @@ import { TransportError } from '../transport/transport.ts';
 import { fill, type Slot, type VirtioFsDevice } from '../virtio/virtio-fs-device.ts';
 import { DATA_AT, REPLY_AT, REPLY_ROOM, REQUEST_AT } from './slot-layout.ts';
 import type { WireTranslation } from './wire-translation.ts';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 /**
  * READLINK states no size: the kernel offers a page less the terminating NUL
@@ -42,8 +43,10 @@ const NO_SEGMENTS: readonly number[] = [];
 const MAX_FIXED_REPLY = REPLY_ROOM - fuse_out_header.size;
 
 /** Why the engine failed a request: an errno name (in no encoding yet) and one line saying why. */
-export class EngineFailure extends Error {
+export class EngineFailure extends VirtiofsError {
   override name = 'EngineFailure';
+  /** The errno the request fails with, by name. */
+  readonly code: string;
   constructor(
     readonly errnoName: 'EIO' | 'EINVAL' | 'ENOSYS',
     message: string,
@@ -51,6 +54,7 @@ export class EngineFailure extends Error {
     readonly logged = false,
   ) {
     super(message);
+    this.code = errnoName;
   }
 }
 

@@ -1,4 +1,5 @@
 import { opcodeName } from './opcodes.ts';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 /**
  * A message that breaks the FUSE wire rules: a reply too short or too long for
@@ -6,7 +7,7 @@ import { opcodeName } from './opcodes.ts';
  * runs past the end of its buffer. Carries the opcode and the field so a log
  * line says exactly what was wrong; callers fail that one request with EIO.
  */
-export class ProtocolError extends Error {
+export class ProtocolError extends VirtiofsError {
   override name = 'ProtocolError';
   /** Stable, for programs: always 'EPROTO_FUSE'. The request fails with EIO. */
   readonly code = 'EPROTO_FUSE';

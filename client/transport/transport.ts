@@ -5,6 +5,7 @@
  * driver above never knows which one it talks to.
  */
 import type { DmaRegion } from '../../ffi/dma.ts';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 /** Where a queue's three parts are, as device addresses. */
 export interface QueueAddresses {
@@ -83,7 +84,7 @@ export interface VirtioTransport {
 }
 
 /** Failures of the transport itself (the device hung up, refused a setting). */
-export class TransportError extends Error {
+export class TransportError extends VirtiofsError {
   override name = 'TransportError';
   /** Node-style code: ENOTCONN when the device is gone, EPROTO for a bad reply, ... */
   constructor(

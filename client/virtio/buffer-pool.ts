@@ -6,6 +6,7 @@
  * are built once, so acquire/release/lookup allocate nothing.
  */
 import type { DmaRegion } from '../../ffi/dma.ts';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 export interface BufferPoolParams {
   readonly region: DmaRegion;
@@ -17,7 +18,7 @@ export interface BufferPoolParams {
 
 export type BufferPoolErrorCode = 'BAD_CONFIG' | 'BAD_SLOT' | 'NOT_ACQUIRED';
 
-export class BufferPoolError extends Error {
+export class BufferPoolError extends VirtiofsError {
   override readonly name = 'BufferPoolError';
   constructor(
     readonly code: BufferPoolErrorCode,

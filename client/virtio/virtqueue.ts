@@ -72,6 +72,7 @@ import {
   usedRingBytes,
   type SplitRingLayout,
 } from './ring-layout.ts';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
@@ -142,7 +143,7 @@ export type VirtqueueErrorCode =
   | 'REQUESTS_IN_FLIGHT';
 
 /** A caller mistake or an unusable queue; a full queue is not an error (add returns false). */
-export class VirtqueueError extends Error {
+export class VirtqueueError extends VirtiofsError {
   override readonly name = 'VirtqueueError';
   constructor(
     readonly code: VirtqueueErrorCode,

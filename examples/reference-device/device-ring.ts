@@ -42,6 +42,7 @@ import {
   usedRingBytes,
 } from '../../client/virtio/ring-layout.ts';
 import type { GuestMemory } from './guest-memory.ts';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const U16 = 0xffff;
@@ -71,13 +72,15 @@ export type Popped =
   | { readonly ok: false; readonly head: number; readonly reason: string };
 
 /** The ring is damaged beyond returning individual chains; the queue must stop. */
-export class RingBrokenError extends Error {
+export class RingBrokenError extends VirtiofsError {
   override name = 'RingBrokenError';
+  readonly code = 'ERR_RING_BROKEN';
 }
 
 /** A segment stopped resolving (the frontend replaced its memory table meanwhile). */
-export class ChainAccessError extends Error {
+export class ChainAccessError extends VirtiofsError {
   override name = 'ChainAccessError';
+  readonly code = 'ERR_CHAIN_ACCESS';
 }
 
 export interface RingConfig {

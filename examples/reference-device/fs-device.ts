@@ -25,6 +25,7 @@ import { decideArch, initReply, majorOnlyReply, readClientInit, translationFor, 
 import type { WorkerMessage } from './queue-worker.ts';
 import type { DeviceModel, QueueThread, RunningQueue } from './vhost-user-backend.ts';
 import { WorkerHandle } from './worker-handle.ts';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 export const HIPRIO_QUEUE = 0;
 
@@ -46,7 +47,8 @@ export interface FsDeviceOptions {
 }
 
 /** A chain that does not hold a well-formed request; `unique` when the header could be read. */
-class BadRequest extends Error {
+class BadRequest extends VirtiofsError {
+  readonly code = 'EPROTO';
   constructor(
     message: string,
     readonly unique?: bigint,

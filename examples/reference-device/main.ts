@@ -21,6 +21,7 @@ import { ReferenceFsDevice } from './fs-device.ts';
 import { Listener } from './listener.ts';
 import { ARCH_ANSWERS, type ArchAnswer } from './negotiation.ts';
 import { VhostUserBackend } from './vhost-user-backend.ts';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 const USAGE = `usage: reference-device --socket <path> --backend vhost-user:<socket> [--arch <name>] [--answer translate|canonical|legacy|device] [--queues <n>] [--fileattr-dir <dir>] [--poll-us <us>] [--trace]
 
@@ -103,7 +104,9 @@ function parseOptions(argv: string[]): Options {
   };
 }
 
-class UsageError extends Error {}
+class UsageError extends VirtiofsError {
+  readonly code = 'ERR_USAGE';
+}
 
 async function main(): Promise<void> {
   let options: Options;

@@ -43,6 +43,7 @@ import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DES
 import { isValidQueueSize } from '../../client/virtio/ring-layout.ts';
 import { DeviceRing, RingBrokenError, readChain, writeChain, type Chain, type Popped, type RingConfig } from './device-ring.ts';
 import { GuestMemory } from './guest-memory.ts';
+import { VirtiofsError } from '../../ffi/errors.ts';
 
 /** What a vhost-user backend offers: virtio 1.x rings, both ring features, protocol features. */
 export const OFFERED_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC | VHOST_USER_F_PROTOCOL_FEATURES;
@@ -198,7 +199,9 @@ interface QueueState {
 }
 
 /** A message refused: the frontend gets a failed REPLY_ACK (when it asked for one), the log the reason. */
-class Refused extends Error {}
+class Refused extends VirtiofsError {
+  readonly code = 'ERR_VHOST_USER_REFUSED';
+}
 
 export class VhostUserBackend {
   /** Resolves with the reason once the connection is over and everything is released. */
