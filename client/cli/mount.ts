@@ -38,9 +38,9 @@ other user mounts through fusermount3 (Debian's fuse3) on a mountpoint they own.
   --busy-poll            poll the used rings instead of waiting for notifications
   --poll-us <n>          poll this long for work before sleeping (0: sleep at once): each
                          queue thread of the relay, and fuse-native after a lone request.
-                         Default: the relay measures what a wake-up costs at mount (~40 us
-                         on a KVM guest, ~200 us under QEMU's TCG) and polls that long;
-                         fuse-native 50. Polling costs CPU
+                         Default: 50, or what a wake-up costs where that is more (the relay
+                         measures it at mount: ~200 us under QEMU's TCG); fuse-native 50.
+                         Polling costs CPU
   --request-timeout <s>  a request the device has not answered after this long fails
                          with EIO (default 60); the device keeps its buffers until it
                          returns them

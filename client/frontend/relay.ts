@@ -124,7 +124,7 @@ export class FuseRelay {
     private readonly options: RelayOptions,
   ) {
     this.log = options.log ?? ((line) => console.error(`virtiofs-client: ${line}`));
-    // Unless told, poll as long as a wake-up costs here: ~40 us on a KVM machine, ~200 us under TCG.
+    // Unless told, poll as long as a wake-up costs here (at least 50 us): ~200 us under TCG.
     this.wakeUpUs = options.pollUs === undefined && !options.busyPoll ? measureWakeUpUs() : undefined;
     this.pollBudgetUs = options.pollUs ?? (this.wakeUpUs === undefined ? 0 : pollBudgetFor(this.wakeUpUs));
     this.clockReadUs = measureClockReadUs();

@@ -12,8 +12,9 @@ import { OpStats } from '../../client/frontend/op-stats.ts';
 import { Opcode } from '../../client/protocol/index.ts';
 
 test('the poll budget is the wake-up, within its bounds', (t) => {
-  t.is(pollBudgetFor(38.6), 39);
-  t.is(pollBudgetFor(212), 212);
+  t.is(pollBudgetFor(38.6), MIN_MEASURED_BUDGET_US, 'never under the fixed budget of before');
+  t.is(MIN_MEASURED_BUDGET_US, 50);
+  t.is(pollBudgetFor(212.4), 212);
   t.is(pollBudgetFor(0), MIN_MEASURED_BUDGET_US);
   t.is(pollBudgetFor(5000), MAX_MEASURED_BUDGET_US);
 });
