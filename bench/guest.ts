@@ -5,7 +5,9 @@
 // no-IOMMU mode (or UIO), the same workloads on the same files. Prints each figure and X/kernel.
 // Under TCG (no usable KVM here) absolute figures mean little: the ratio, from one boot, is the
 // figure. Never a timed test.
-// Run: npm run bench:guest [-- --seconds 5 --transport vfio|uio|both]
+// Run: npm run bench:guest [-- --seconds 5 --transport vfio|uio|both --boots N]
+// Boot to boot the ratios move (the kernel's own cold 1 MiB read went from 38 to 117 MiB/s between
+// two boots on 2026-12-05): --boots N prints every boot's table and then each ratio's median.
 // --queues-compare: instead, the client with 1 and with 2 request queues (mount --queues), in one boot,
 // each on its own function of QEMU's vhost-user-fs-pci with num-request-queues=2 served by the
 // reference device (QEMU 7.2's virtiofsds refuse a second request queue; the reference device serves
@@ -26,11 +28,16 @@ const { values } = parseArgs({
     'queues-compare': { type: 'boolean', default: false },
     /** Node options for our client's processes in the guest (NODE_OPTIONS), e.g. --jitless. */
     'client-node-options': { type: 'string', default: '' },
+    /** Boots to run: each prints its own table; with several, the median ratio of each cell follows. */
+    boots: { type: 'string', default: '1' },
   },
 });
 const seconds = Number(values.seconds);
+const boots = Number(values.boots);
 const transports = values.transport === 'both' ? ['vfio', 'uio'] : [values.transport!];
-if (!(seconds > 0) || transports.some((t) => t !== 'vfio' && t !== 'uio')) throw new Error('usage: bench:guest [-- --seconds N --transport vfio|uio|both] [--queues-compare]');
+if (!(seconds > 0) || !(Number.isInteger(boots) && boots >= 1) || transports.some((t) => t !== 'vfio' && t !== 'uio')) {
+  throw new Error('usage: bench:guest [-- --seconds N --transport vfio|uio|both --boots N] [--queues-compare]');
+}
 
 /** Sequential files: 64 MiB (guest memory is 1 GiB, and TCG is slow). The random-read file is laid out on the host. */
 const SEQ_MIB = 64;
@@ -212,29 +219,54 @@ try {
   writeFileSync(join(shared, 'rand.dat'), Buffer.alloc(RAND_MIB << 20, 0x5a));
   const load = loadavg()[0]!.toFixed(2);
   const passthroughLl = await buildPassthroughLl(cleanup, CACHE_DIR);
-  const run = await runInGuest({ script: guestScript(passthroughLl), sharedDir: shared, timeoutMs: 1_800_000, defaultBudget: 60, label: 'bench:guest', onConsole: (l) => process.env.VERBOSE && console.error(l) });
-  if (run.exitCode !== 0) throw new Error(`the guest script failed (${run.exitCode}):\n${run.output}`);
-  const figure = figures(run);
-  const unit = (key: string) => (key === 'seqwrite' || key === 'seqread' ? 'MiB/s' : 'ops/s');
-  console.log(`virtiofs-client in a QEMU guest beside the guest kernel's virtio_fs: one boot, ${new Date().toISOString().slice(0, 10)}`);
-  console.log(
-    `guest: ${run.artifacts.kernelRelease}, ${run.accelerator.accel} (${run.accelerator.why}), 2 vCPUs, 1 GiB; device: vhost-user-fs-pci, QEMU 7.2 virtiofsd (cache=auto)${values['client-node-options'] ? `; client with NODE_OPTIONS=${values['client-node-options']}` : ''}; host: ${cpus().length} CPUs, load ${load} at the start; boot ${(run.bootMs / 1000).toFixed(1)} s, whole run ${(run.durationMs / 1000).toFixed(0)} s`,
-  );
   const columns = ['ptll', ...transports];
-  const header = ['workload', 'kernel', ...columns.flatMap((t) => [t === 'ptll' ? 'C passthrough_ll over kernel' : t, `${t === 'ptll' ? 'C' : t}/kernel`])];
-  const rows = WORKLOADS.map((w) => {
-    const k = figure('kernel', w.key);
-    const cells = columns.flatMap((t) => {
-      const c = figure(t, w.key);
-      return [c === undefined ? '-' : c.toFixed(1), c === undefined || !k ? '-' : (c / k).toFixed(3)];
+  const unit = (key: string) => (key === 'seqwrite' || key === 'seqread' ? 'MiB/s' : 'ops/s');
+  /** Per boot: each (column, workload)'s ratio to the kernel. */
+  const ratios: Map<string, number>[] = [];
+  for (let boot = 1; boot <= boots; boot++) {
+    const run = await runInGuest({ script: guestScript(passthroughLl), sharedDir: shared, timeoutMs: 1_800_000, defaultBudget: 60, label: 'bench:guest', onConsole: (l) => process.env.VERBOSE && console.error(l) });
+    if (run.exitCode !== 0) throw new Error(`the guest script failed (${run.exitCode}):\n${run.output}`);
+    const figure = figures(run);
+    console.log(`virtiofs-client in a QEMU guest beside the guest kernel's virtio_fs: one boot${boots > 1 ? ` (${boot} of ${boots})` : ''}, ${new Date().toISOString().slice(0, 10)}`);
+    console.log(
+      `guest: ${run.artifacts.kernelRelease}, ${run.accelerator.accel} (${run.accelerator.why}), 2 vCPUs, 1 GiB; device: vhost-user-fs-pci, QEMU 7.2 virtiofsd (cache=auto)${values['client-node-options'] ? `; client with NODE_OPTIONS=${values['client-node-options']}` : ''}; host: ${cpus().length} CPUs, load ${boot === 1 ? load : loadavg()[0]!.toFixed(2)} at the start; boot ${(run.bootMs / 1000).toFixed(1)} s, whole run ${(run.durationMs / 1000).toFixed(0)} s`,
+    );
+    const header = ['workload', 'kernel', ...columns.flatMap((t) => [t === 'ptll' ? 'C passthrough_ll over kernel' : t, `${t === 'ptll' ? 'C' : t}/kernel`])];
+    const these = new Map<string, number>();
+    const rows = WORKLOADS.map((w) => {
+      const k = figure('kernel', w.key);
+      const cells = columns.flatMap((t) => {
+        const c = figure(t, w.key);
+        if (c !== undefined && k) these.set(`${t}/${w.key}`, c / k);
+        return [c === undefined ? '-' : c.toFixed(1), c === undefined || !k ? '-' : (c / k).toFixed(3)];
+      });
+      return [`${w.title}, ${unit(w.key)}`, k === undefined ? '-' : k.toFixed(1), ...cells];
     });
-    return [`${w.title}, ${unit(w.key)}`, k === undefined ? '-' : k.toFixed(1), ...cells];
-  });
-  console.log(`| ${header.join(' | ')} |`);
-  console.log(`|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
-  for (const r of rows) console.log(`| ${r.join(' | ')} |`);
-  // The client's own view of where a request's time went (status; client-side means over the whole run).
-  for (const line of run.output.split('\n')) if (line.startsWith('STATUS ')) console.log(line.slice('STATUS '.length).trimEnd());
+    ratios.push(these);
+    console.log(`| ${header.join(' | ')} |`);
+    console.log(`|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
+    for (const r of rows) console.log(`| ${r.join(' | ')} |`);
+    // The client's own view of where a request's time went (status; client-side means over the whole run).
+    for (const line of run.output.split('\n')) if (line.startsWith('STATUS ')) console.log(line.slice('STATUS '.length).trimEnd());
+  }
+  if (boots > 1) {
+    const median = (xs: number[]) => {
+      const sorted = [...xs].sort((a, b) => a - b);
+      const mid = sorted.length >> 1;
+      return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+    };
+    console.log(`\nmedian of ${boots} boots, each ratio to the kernel of its own boot (min-max in brackets):`);
+    const header = ['workload', ...columns.map((t) => `${t === 'ptll' ? 'C' : t}/kernel`)];
+    console.log(`| ${header.join(' | ')} |`);
+    console.log(`|${header.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
+    for (const w of WORKLOADS) {
+      const cells = columns.map((t) => {
+        const xs = ratios.map((r) => r.get(`${t}/${w.key}`)).filter((x): x is number => x !== undefined);
+        return xs.length === 0 ? '-' : `${median(xs).toFixed(3)} (${Math.min(...xs).toFixed(3)}-${Math.max(...xs).toFixed(3)})`;
+      });
+      console.log(`| ${w.title} | ${cells.join(' | ')} |`);
+    }
+  }
 } finally {
   rmSync(shared, { recursive: true, force: true });
   await cleanup.run();
