@@ -20,15 +20,13 @@ export class HiprioSender {
   readonly name: string;
   private readonly queue: Virtqueue<number>;
   private readonly doorbell: QueueDoorbell;
-  private readonly slotBytes: Uint8Array[] = [];
+  /** The whole region: the request thread's slots and these are in it, so a record moves by copyWithin. */
+  private readonly bytes: Uint8Array;
   private readonly slotBase: number[] = [];
   private readonly slotSize: number;
   private readonly free: Int32Array;
   private freeCount: number;
   private inFlight = 0;
-  /** FORGETs the device took (their used entries came back), and FORGETs dropped. */
-  sent = 0;
-  dropped = 0;
   private readonly segments = [0, 0];
   private readonly none: readonly number[] = [];
 
@@ -37,13 +35,12 @@ export class HiprioSender {
     this.queue = adoptLoan(loan, region);
     this.queue.disableCallbacks();
     this.doorbell = new QueueDoorbell(loan.signals);
+    this.bytes = region.bytes;
     this.slotSize = loan.slotSize;
     const count = loan.slotOffsets.length;
     this.free = new Int32Array(count);
     for (let s = 0; s < count; s++) {
-      const offset = loan.slotOffsets[s]!;
-      this.slotBytes.push(region.bytes.subarray(offset, offset + loan.slotSize));
-      this.slotBase.push(offset);
+      this.slotBase.push(loan.slotOffsets[s]!);
       this.free[s] = s;
     }
     this.freeCount = count;
@@ -59,35 +56,35 @@ export class HiprioSender {
   }
 
   /**
-   * Puts one FORGET/BATCH_FORGET record (`firstLength` bytes of `first`, then `secondLength` of
-   * `second`) on the queue and rings. Waits up to waitMs for a slot the device still holds; returns
-   * false when none came back (the record is dropped) or the queue is broken.
+   * Puts one FORGET/BATCH_FORGET record (`firstLength` bytes at region offset `firstAt`, then
+   * `secondLength` at `secondAt`) on the queue and rings. Waits up to waitMs for a slot the device
+   * still holds; returns false when none came back (the record is dropped) or the queue is broken.
    */
-  send(first: Uint8Array, firstLength: number, second: Uint8Array, secondLength: number, waitMs = HIPRIO_WAIT_MS): boolean {
+  send(firstAt: number, firstLength: number, secondAt: number, secondLength: number, waitMs = HIPRIO_WAIT_MS): boolean {
     const length = firstLength + secondLength;
-    if (length > this.slotSize) return this.drop();
+    if (length > this.slotSize) return false;
     this.reclaim();
     if (this.freeCount === 0) {
       const end = performance.now() + waitMs;
       do this.reclaim();
       while (this.freeCount === 0 && this.queue.brokenReason === undefined && performance.now() < end);
-      if (this.freeCount === 0) return this.drop();
+      if (this.freeCount === 0) return false;
     }
     const s = this.free[--this.freeCount]!;
-    const bytes = this.slotBytes[s]!;
-    bytes.set(first.subarray(0, firstLength));
-    if (secondLength > 0) bytes.set(second.subarray(0, secondLength), firstLength);
-    this.segments[0] = this.slotBase[s]!;
+    const base = this.slotBase[s]!;
+    this.bytes.copyWithin(base, firstAt, firstAt + firstLength);
+    if (secondLength > 0) this.bytes.copyWithin(base + firstLength, secondAt, secondAt + secondLength);
+    this.segments[0] = base;
     this.segments[1] = length;
     try {
       if (!this.queue.add(this.segments, this.none, s)) {
         this.free[this.freeCount++] = s;
-        return this.drop();
+        return false;
       }
     } catch {
       // A broken queue: the thread learns why from `broken` and fails the device.
       this.free[this.freeCount++] = s;
-      return this.drop();
+      return false;
     }
     this.inFlight++;
     if (this.queue.kickNeeded()) this.doorbell.ring();
@@ -115,20 +112,12 @@ export class HiprioSender {
     this.queue.failAll('device failed', (s) => this.released(s));
   }
 
-  private drop(): false {
-    this.dropped++;
-    return false;
-  }
-
   private released(s: number): void {
     this.inFlight--;
     this.free[this.freeCount++] = s;
   }
 
-  private readonly onUsed = (s: number): void => {
-    this.sent++;
-    this.released(s);
-  };
+  private readonly onUsed = (s: number): void => this.released(s);
 
   // A used len beyond the chain (a FORGET has nothing writable): the slot is back all the same.
   private readonly onProblem = (problem: UsedRingProblem<number>): void => {

@@ -141,4 +141,3 @@ export class PollAdvisor {
     return this.rate[GAP]!;
   }
 }
-

@@ -478,7 +478,7 @@ export class QueueThread {
     }
     // Level-triggered: with no slot free, stop watching until one comes back.
     if (this.freeCount === 0) this.watchSource(false);
-    if (this.queue.kickNeeded()) this.kick();
+    if (this.queue.kickNeeded()) this.doorbell.ring();
   }
 
   private handleRequest(s: number, n: number): void {
@@ -506,7 +506,8 @@ export class QueueThread {
     if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET) {
       const head = Math.min(n, WRITE_HEAD);
       const rest = n > WRITE_HEAD ? n - WRITE_HEAD : 0;
-      const ok = this.hiprio ? this.hiprio.send(bytes, head, this.slotData[s]!, rest) : this.mailbox!.put(bytes, head, this.slotData[s]!, rest);
+      const base = this.slotBase[s]!;
+      const ok = this.hiprio ? this.hiprio.send(base, head, base + DATA_AT, rest) : this.mailbox!.put(bytes, head, this.slotData[s]!, rest);
       if (!ok && !this.hiprio?.broken) this.post({ kind: 'log', line: `${opcodeName(opcode)}: the hiprio queue took nothing for 2 s; dropped` });
       return this.finish(s, !ok);
     }
@@ -585,10 +586,6 @@ export class QueueThread {
       this.post({ kind: 'log', line: `${opcodeName(this.opcodes[s]!)}: not sent: ${(e as Error).message}` });
       this.finish(s, true);
     }
-  }
-
-  private kick(): void {
-    this.doorbell.ring();
   }
 
   // --- completions ----------------------------------------------------------------------

@@ -186,8 +186,7 @@ export class VirtioFsDevice {
     this.log = log ?? ((line) => console.error(`virtiofs-client: ${line}`));
     this.requestQueueCount = requestQueues;
     const chunk = transport.dmaChunkBytes;
-    const slotSize = SLOT_BYTES;
-    this.dataRoom = slotSize - SLOT_HEADERS;
+    this.dataRoom = SLOT_BYTES - SLOT_HEADERS;
     let offset = 0;
     const queueOptions = { features, maxIndirectSegments: MAX_INDIRECT_SEGMENTS };
     const queueBytes = Virtqueue.bytesNeeded(queueSize, queueOptions);
@@ -198,7 +197,7 @@ export class VirtioFsDevice {
       offset += align(queueBytes, PAGE);
     }
     // Slots start on a chunk boundary; one that straddles the next is split by the virtqueue.
-    this.pool = new BufferPool({ region: memory, offset: align(offset, chunk ?? PAGE), slotSize, slotCount: maxInFlight });
+    this.pool = new BufferPool({ region: memory, offset: align(offset, chunk ?? PAGE), slotSize: SLOT_BYTES, slotCount: maxInFlight });
     for (let i = 0; i < maxInFlight; i++) {
       const bytes = this.pool.slotBytes(i);
       this.slots.push({ index: i, bytes, view: new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength) });

@@ -376,14 +376,9 @@ export class Virtqueue<T> {
     if (descriptorsNeeded > this.freeCount) return false;
 
     const head = this.freeHead;
-    let tail: number;
-    if (useIndirectTable) {
-      const table = this.indirectTableOffset(head);
-      tail = this.writeChain(readable, writable, count, head, table);
-      this.writeDescriptor(this.descAt(head), table, count * DESCRIPTOR_BYTES, VIRTQ_DESC_F_INDIRECT, 0);
-    } else {
-      tail = this.writeChain(readable, writable, count, head, -1);
-    }
+    const table = useIndirectTable ? this.indirectTableOffset(head) : -1;
+    const tail = this.writeChain(readable, writable, count, head, table);
+    if (useIndirectTable) this.writeDescriptor(this.descAt(head), table, count * DESCRIPTOR_BYTES, VIRTQ_DESC_F_INDIRECT, 0);
     this.freeHead = this.nextDescriptor[tail]!;
     this.freeCount -= descriptorsNeeded;
 
